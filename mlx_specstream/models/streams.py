@@ -9,7 +9,9 @@ from typing import Dict, Optional
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..format import StreamArgs
+from ..format import STREAM_ADAPTER_MODULES, StreamArgs
+
+_MODULE_NAMES = {m.replace(".", "_"): m for m in STREAM_ADAPTER_MODULES}
 
 
 class LowRank(nn.Module):
@@ -69,14 +71,26 @@ class StreamParams(nn.Module):
 
         return sum(v.size for _, v in tree_flatten(self.parameters()))
 
-    @staticmethod
-    def to_mlx_names(weights: Dict[str, mx.array], first_layer: int) -> Dict[str, mx.array]:
-        """File names (``layers.{i}.self_attn.q_proj.lora_a``) -> module paths."""
+    def file_weights(self) -> Dict[str, mx.array]:
+        """Parameters under their ``streams.safetensors`` names (format.py)."""
+        from mlx.utils import tree_flatten
+
+        out = {}
+        for k, v in tree_flatten(self.parameters()):
+            if k.startswith("layers."):
+                _, i, mod, ab = k.split(".")
+                module = _MODULE_NAMES[mod]
+                k = f"layers.{int(i) + self.first_layer}.{module}.lora_{ab}"
+            out[k] = v
+        return out
+
+    def module_weights(self, weights: Dict[str, mx.array]) -> Dict[str, mx.array]:
+        """``streams.safetensors`` names -> this module's parameter paths."""
         out = {}
         for k, v in weights.items():
             if k.startswith("layers."):
                 _, i, *mod, ab = k.split(".")
-                k = f"layers.{int(i) - first_layer}.{'_'.join(mod)}.{ab[-1]}"
+                k = f"layers.{int(i) - self.first_layer}.{'_'.join(mod)}.{ab[-1]}"
             out[k] = v
         return out
 

@@ -1,0 +1,242 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""Speculative Streaming decoding loop (arXiv 2402.11131 §3.2.2, App. A.1).
+
+Prefill runs the prompt with streams at its last position. Each later step is one
+forward pass over the flattened draft tree: the lower layers, optional pruning at
+layer l by early-exit transition probability, then the top Ns layers with γ stream
+rows per surviving node. Main logits verify the tree; the accepted path's K/V are
+compacted into contiguous cache slots; the last accepted node gives the correction
+token (the next root) and, through its streams, the next draft.
+
+With ``stream_pass="accepted"`` the verify pass carries no stream rows; instead the
+accepted node's γ streams run alone through the top Ns layers after compaction. That
+trades a short extra pass for T·γ fewer rows, which pays off where rows are costly.
+"""
+
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional, Protocol, Sequence
+
+import mlx.core as mx
+import numpy as np
+
+from .models.cache import make_cache
+from .models.llama import Model
+from .models.msa import Rows
+from .sample_utils import SamplingArgs, accept_greedy, accept_sampled, sample, target_logprobs
+from .tree import Tree, TreeShape, best_first_paths, cartesian_paths
+
+
+@dataclass(frozen=True)
+class StreamTopK:
+    """The accepted node's stream candidates, most probable first."""
+
+    tokens: np.ndarray  # (γ, K)
+    logprobs: np.ndarray  # (γ, K)
+
+
+class Drafter(Protocol):
+    top_k: int  # candidates per stream it needs (0: it does not read streams)
+
+    def draft(self, root: int, streams: Optional[StreamTopK], history: Sequence[int]) -> Tree:
+        ...
+
+
+@dataclass
+class StreamDrafter:
+    """Drafts the next tree from the speculative streams."""
+
+    shape: TreeShape = field(default_factory=TreeShape)
+
+    @property
+    def top_k(self) -> int:
+        return self.shape.top_k
+
+    def draft(self, root: int, streams: Optional[StreamTopK], history: Sequence[int]) -> Tree:
+        if streams is None:
+            return Tree((root,), (-1,))
+        if self.shape.kind == "cartesian":
+            paths = cartesian_paths(streams.tokens, self.shape.branching)
+        else:
+            paths = best_first_paths(
+                streams.tokens, streams.logprobs, self.shape.budget, self.shape.max_depth
+            )
+        return Tree.from_paths(root, paths)
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Runtime knobs of the speculative loop."""
+
+    prune_threshold: float = 0.0
+    stream_pass: str = "tree"  # "tree" (paper: one pass) or "accepted"
+    prefill_step_size: int = 512
+
+    def __post_init__(self):
+        if self.stream_pass not in ("tree", "accepted"):
+            raise ValueError(f"stream_pass must be 'tree' or 'accepted', got {self.stream_pass!r}")
+        if not 0.0 <= self.prune_threshold < 1.0:
+            raise ValueError(f"prune_threshold must be in [0, 1), got {self.prune_threshold}")
+
+
+@dataclass
+class Step:
+    """What one forward pass produced."""
+
+    tokens: List[int]  # accepted draft tokens, then the correction token
+    tree_size: int  # nodes drafted (root included)
+    verified: int  # nodes that reached the top layers (after pruning)
+    accepted: int  # draft tokens accepted (len(tokens) - 1)
+
+
+def prefill(model: Model, tokens: Sequence[int], cache: list, step_size: int) -> mx.array:
+    """Run all but the last prompt token through every layer, in chunks."""
+    for s in range(0, len(tokens) - 1, step_size):
+        chunk = mx.array(tokens[s : min(s + step_size, len(tokens) - 1)])
+        rows = Rows.causal(chunk.size, cache[0].offset, model.streams)
+        model.run_layers(model.embed(chunk), rows, cache, 0, len(model.layers))
+        mx.eval([c.keys for c in cache])
+
+
+def generate_step(
+    prompt: Sequence[int],
+    model: Model,
+    sampling: SamplingArgs = SamplingArgs(),
+    prefill_step_size: int = 512,
+) -> Iterator[int]:
+    """Plain autoregressive decoding with the same model and cache code (the oracle).
+
+    Yields one token per forward pass, forever; the caller stops it.
+    """
+    cache = make_cache(model)
+    prefill(model, prompt, cache, prefill_step_size)
+
+    def _step(y: mx.array) -> mx.array:
+        rows = Rows.causal(1, cache[0].offset, model.streams)
+        h = model.run_layers(model.embed(y), rows, cache, 0, len(model.layers))
+        return sample(model.logits(h[0]), sampling)
+
+    y = _step(mx.array(prompt[-1:]))
+    mx.async_eval(y)
+    while True:
+        # Build the next step while this one computes (as mlx-lm does).
+        next_y = _step(y)
+        mx.async_eval(next_y)
+        yield y.item()  # host sync
+        y = next_y
+
+
+class _Verifier:
+    """Turns main logits at the tree nodes into an accepted path and correction."""
+
+    def __init__(self, sampling: SamplingArgs):
+        self.sampling = sampling
+        # Host RNG for rejection sampling, seeded from MLX's so mx.random.seed works.
+        self.rng = np.random.default_rng(int(mx.random.randint(0, 2**31 - 1, ()).item()))
+
+    def __call__(self, tree: Tree, logits: mx.array) -> tuple:
+        if self.sampling.greedy:
+            return accept_greedy(tree, np.array(mx.argmax(logits, axis=-1)))
+        probs = mx.exp(target_logprobs(logits, self.sampling))
+        return accept_sampled(tree, np.array(probs), self.rng)
+
+
+def _stream_topk(model: Model, h_streams: mx.array, k: int) -> Optional[StreamTopK]:
+    """(γ, h) stream states of the accepted node -> top-k candidates per stream."""
+    if k <= 0:
+        return None
+    lp = model.logits(h_streams).astype(mx.float32)
+    lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
+    k = min(k, lp.shape[-1])
+    idx = mx.argpartition(-lp, kth=k - 1, axis=-1)[:, :k]
+    vals = mx.take_along_axis(lp, idx, axis=-1)
+    order = mx.argsort(-vals, axis=-1)
+    idx, vals = mx.take_along_axis(idx, order, -1), mx.take_along_axis(vals, order, -1)
+    return StreamTopK(np.array(idx), np.array(vals))  # host sync
+
+
+def _prune(model: Model, tree: Tree, h_split: mx.array, threshold: float) -> List[int]:
+    """Nodes kept after dropping children with early-exit probability < threshold."""
+    if threshold <= 0 or tree.size == 1:
+        return list(range(tree.size))
+    lp = model.early_exit(h_split).astype(mx.float32)
+    lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
+    parents = mx.array(tree.parents[1:])
+    trans = np.array(mx.exp(lp[parents, mx.array(tree.tokens[1:])]))  # host sync
+    keep = [0]
+    alive = np.zeros(tree.size, bool)
+    alive[0] = True
+    for i in range(1, tree.size):
+        alive[i] = alive[tree.parents[i]] and trans[i - 1] >= threshold
+        if alive[i]:
+            keep.append(i)
+    return keep
+
+
+def speculative_generate_step(
+    prompt: Sequence[int],
+    model: Model,
+    drafter: Drafter,
+    sampling: SamplingArgs = SamplingArgs(),
+    options: DecodeOptions = DecodeOptions(),
+    max_tokens: int = -1,
+) -> Iterator[Step]:
+    """Speculative Streaming decoding; yields one ``Step`` per forward pass.
+
+    Args:
+        max_tokens: stop after this many tokens (-1: never); trees are cut so that
+            no pass drafts past it.
+    """
+    cache = make_cache(model)
+    verify = _Verifier(sampling)
+    split, n_layers = model.split, len(model.layers)
+    history = list(prompt)
+    prefill(model, prompt, cache, options.prefill_step_size)
+
+    # The last prompt token is a one-node tree whose streams draft the first tree.
+    tree = Tree((prompt[-1],), (-1,))
+    emitted = 0
+    while max_tokens < 0 or emitted < max_tokens:
+        offset = cache[0].offset
+        rows = Rows.tree(tree.ancestor_mask, tree.depths, offset, model.streams)
+        h = model.run_layers(model.embed(mx.array(tree.tokens)), rows, cache, 0, split)
+        kept = _prune(model, tree, h[0], options.prune_threshold)
+        vtree = tree.keep(kept) if len(kept) < tree.size else tree
+        if len(kept) < tree.size:
+            h = h[:, mx.array(kept)]
+            rows = Rows.tree(vtree.ancestor_mask, vtree.depths, offset, model.streams)
+        h_split = h
+        T = vtree.size
+        with_streams = options.stream_pass == "tree" and drafter.top_k > 0
+        if with_streams:
+            rows = rows.with_streams(list(range(T)))
+            s = model.streams.insert_streams(h[0]).reshape(1, -1, h.shape[-1])
+            h = mx.concatenate([h, s], axis=1)
+        h = model.run_layers(h, rows, cache, split, n_layers)
+        path, correction = verify(vtree, model.logits(h[0, :T]))  # host sync
+
+        # Keep the accepted path's K/V: tree rows in the lower layers, verified rows above.
+        for i, c in enumerate(cache):
+            c.compact(offset, [kept[n] for n in path] if i < split else path)
+        tokens = [vtree.tokens[n] for n in path[1:]] + [correction]
+        history.extend(tokens)
+        anchor = path[-1]
+        if with_streams:
+            g = model.streams.args.num_streams
+            h_streams = h[0, T + anchor * g : T + (anchor + 1) * g]
+        elif drafter.top_k > 0:
+            h_streams = _streams_after_compaction(model, cache, h_split[0, anchor], offset + len(path) - 1)
+        streams = _stream_topk(model, h_streams, drafter.top_k) if drafter.top_k else None
+        emitted += len(tokens)
+        yield Step(tokens, tree.size, T, len(tokens) - 1)
+        tree = drafter.draft(correction, streams, history)
+        if max_tokens >= 0 and tree.depths.max() >= max_tokens - emitted:
+            # A pass emits at most depth + 1 tokens; drafting further is wasted work.
+            tree = tree.truncate_depth(max(0, max_tokens - emitted - 1))
+
+
+def _streams_after_compaction(model: Model, cache: list, h_anchor: mx.array, position: int) -> mx.array:
+    """Run the accepted node's γ streams alone through the top layers, (γ, h)."""
+    s = model.streams.insert_streams(h_anchor[None])  # (1, γ, h)
+    rows = Rows.streams_only(cache[0].offset, position, model.streams)
+    out = model.run_layers(s, rows, cache, model.split, len(model.layers))
+    return out[0]

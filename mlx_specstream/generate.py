@@ -1,0 +1,201 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""Public generation API: ``stream_generate`` and ``generate``, in the mlx-lm idiom."""
+
+import time
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Union
+
+import mlx.core as mx
+from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+from .decoder import (
+    DecodeOptions,
+    Drafter,
+    Step,
+    StreamDrafter,
+    generate_step,
+    speculative_generate_step,
+)
+from .models.llama import Model
+from .sample_utils import SamplingArgs
+from .tree import TreeShape
+
+
+@dataclass
+class GenerationResponse:
+    """One forward pass worth of output.
+
+    Args:
+        text: the new text of this response.
+        tokens: the new token ids (accepted drafts and the correction token).
+        generation_tokens: tokens generated so far.
+        forward_calls: decode forward passes so far (prefill's last position counts).
+        accepted: draft tokens accepted in this pass.
+        tree_size: draft tree nodes verified in this pass.
+        finish_reason: "stop" (EOS), "length" (max_tokens) or None.
+    """
+
+    text: str
+    tokens: List[int]
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    forward_calls: int
+    accepted: int
+    tree_size: int
+    peak_memory: float  # GB
+    finish_reason: Optional[str] = None
+
+    @property
+    def tokens_per_pass(self) -> float:
+        return self.generation_tokens / max(1, self.forward_calls)
+
+
+def encode_prompt(tokenizer: TokenizerWrapper, prompt: Union[str, Sequence[int]]) -> List[int]:
+    """Token ids of ``prompt``; BOS is added unless the text already starts with it."""
+    if isinstance(prompt, str):
+        bos = tokenizer.bos_token
+        add_special = bos is None or not prompt.startswith(bos)
+        return list(tokenizer.encode(prompt, add_special_tokens=add_special))
+    return [int(t) for t in prompt]
+
+
+def _check_inputs(model: Model, prompt: List[int], max_tokens: int) -> None:
+    if not prompt:
+        raise ValueError("prompt is empty: give at least one token")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    vocab = model.args.vocab_size
+    bad = [t for t in prompt if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})")
+    context = model.args.max_position_embeddings
+    if context and len(prompt) + max_tokens > context:
+        raise ValueError(
+            f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceeds the "
+            f"model's context length ({context}); shorten the prompt or lower max_tokens"
+        )
+
+
+def peak_memory_gb() -> float:
+    """Peak memory of this process: MLX's allocator, else the resident set size."""
+    peak = mx.get_peak_memory()
+    if peak == 0:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return peak / 1e9
+
+
+def stream_generate(
+    model: Model,
+    tokenizer: TokenizerWrapper,
+    prompt: Union[str, Sequence[int]],
+    max_tokens: int = 256,
+    temp: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    speculative: bool = True,
+    tree: Optional[TreeShape] = None,
+    prune_threshold: Optional[float] = None,
+    stream_pass: str = "tree",
+    drafter: Optional[Drafter] = None,
+    prefill_step_size: int = 512,
+) -> Iterator[GenerationResponse]:
+    """Generate text, yielding one response per forward pass.
+
+    Args:
+        model, tokenizer: from ``load``.
+        prompt: a string or a list of token ids.
+        max_tokens: the exact maximum number of generated tokens.
+        temp, top_p, top_k: sampling; ``temp=0`` is greedy.
+        speculative: Speculative Streaming (True) or plain autoregressive decoding.
+        tree: draft tree shape (default: best-first, 16 nodes).
+        prune_threshold: early-exit pruning threshold (default: the model's setting).
+        stream_pass: "tree" (streams for every node, one pass) or "accepted".
+        drafter: replaces the stream drafter (prompt lookup, tests' oracles).
+
+    Yields:
+        ``GenerationResponse``.
+    """
+    if not isinstance(tokenizer, TokenizerWrapper):
+        tokenizer = TokenizerWrapper(tokenizer)
+    ids = encode_prompt(tokenizer, prompt)
+    _check_inputs(model, ids, max_tokens)
+    sampling = SamplingArgs(temp, top_p, top_k)
+    if speculative:
+        if prune_threshold is None:
+            prune_threshold = model.streams.args.prune_threshold
+        options = DecodeOptions(prune_threshold, stream_pass, prefill_step_size)
+        drafter = drafter or StreamDrafter(tree or TreeShape())
+        steps = speculative_generate_step(ids, model, drafter, sampling, options, max_tokens)
+    else:
+        steps = (Step([t], 1, 1, 0) for t in generate_step(ids, model, sampling, prefill_step_size))
+
+    detokenizer = tokenizer.detokenizer
+    detokenizer.reset()
+    eos = set(tokenizer.eos_token_ids)
+    tic = time.perf_counter()
+    n, calls, prompt_tps, t_first = 0, 0, 0.0, tic
+    for step in steps:
+        calls += 1
+        if calls == 1:
+            t_first = time.perf_counter()
+            prompt_tps = len(ids) / (t_first - tic)
+        tokens, finish = [], None
+        for t in step.tokens:
+            if t in eos:
+                finish = "stop"
+                break
+            tokens.append(t)
+            detokenizer.add_token(t)
+            if n + len(tokens) == max_tokens:
+                finish = "length"
+                break
+        n += len(tokens)
+        if finish:
+            detokenizer.finalize()
+        elapsed = time.perf_counter() - t_first
+        yield GenerationResponse(
+            text=detokenizer.last_segment,
+            tokens=tokens,
+            prompt_tokens=len(ids),
+            prompt_tps=prompt_tps,
+            generation_tokens=n,
+            generation_tps=(n - 1) / elapsed if n > 1 and elapsed > 0 else 0.0,
+            forward_calls=calls,
+            accepted=step.accepted,
+            tree_size=step.verified,
+            peak_memory=peak_memory_gb(),
+            finish_reason=finish,
+        )
+        if finish:
+            return
+
+
+def generate(
+    model: Model,
+    tokenizer: TokenizerWrapper,
+    prompt: Union[str, Sequence[int]],
+    verbose: bool = False,
+    **kwargs,
+) -> str:
+    """Generate a complete response; keyword arguments as ``stream_generate``."""
+    text, last = "", None
+    for last in stream_generate(model, tokenizer, prompt, **kwargs):
+        text += last.text
+        if verbose:
+            print(last.text, end="", flush=True)
+    if verbose and last is not None:
+        print()
+        print_stats(last)
+    return text
+
+
+def print_stats(r: GenerationResponse) -> None:
+    print("=" * 10)
+    print(f"Prompt: {r.prompt_tokens} tokens, {r.prompt_tps:.3f} tokens-per-sec")
+    print(f"Generation: {r.generation_tokens} tokens, {r.generation_tps:.3f} tokens-per-sec")
+    print(f"Tokens per forward pass: {r.tokens_per_pass:.2f} ({r.forward_calls} passes)")
+    print(f"Peak memory: {r.peak_memory:.3f} GB")

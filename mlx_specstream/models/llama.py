@@ -1,0 +1,248 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""Llama-family model (Llama 2/3, SmolLM2, Mistral, Qwen2) with speculative streams.
+
+Unlike mlx-lm's model files, every call takes explicit per-row positions and an explicit
+boolean attention mask, so the same code runs plain decoding, a flattened draft tree,
+and multi-stream attention (``msa.py``) in the top ``Ns`` layers.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Union
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.base import BaseModelArgs
+from mlx_lm.models.rope_utils import initialize_rope
+
+from ..format import StreamArgs
+from .msa import Rows
+from .streams import StreamParams
+
+Positions = Union[int, mx.array]
+
+
+@dataclass
+class ModelArgs(BaseModelArgs):
+    model_type: str
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int
+    num_attention_heads: int
+    rms_norm_eps: float
+    vocab_size: int
+    head_dim: Optional[int] = None
+    max_position_embeddings: Optional[int] = None
+    num_key_value_heads: Optional[int] = None
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    rope_theta: float = 10000
+    rope_traditional: bool = False
+    rope_scaling: Optional[Dict[str, Union[float, str]]] = None
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+
+    @property
+    def qkv_bias(self) -> bool:
+        # Qwen2 carries q/k/v biases but no o_proj bias.
+        return self.attention_bias or self.model_type == "qwen2"
+
+    @property
+    def layer_dims(self) -> Dict[str, tuple]:
+        """(in, out) features of each linear layer, keyed as in format.py."""
+        h, f = self.hidden_size, self.intermediate_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        return {
+            "self_attn.q_proj": (h, q),
+            "self_attn.k_proj": (h, kv),
+            "self_attn.v_proj": (h, kv),
+            "self_attn.o_proj": (q, h),
+            "mlp.gate_proj": (h, f),
+            "mlp.up_proj": (h, f),
+            "mlp.down_proj": (f, h),
+        }
+
+
+def apply_rope(rope: nn.Module, x: mx.array, positions: Positions) -> mx.array:
+    """RoPE on (1, R, n_heads, head_dim) rows at arbitrary per-row positions."""
+    if isinstance(positions, int):
+        return rope(x.transpose(0, 2, 1, 3), offset=positions)
+    _, R, H, D = x.shape
+    # Each row becomes its own batch entry so fast.rope takes one offset per row.
+    x = rope(x.reshape(R, 1, H, D).transpose(0, 2, 1, 3), offset=positions)
+    return x.transpose(2, 1, 0, 3)  # (R, H, 1, D) -> (1, H, R, D)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        dim, hd = args.hidden_size, args.head_dim
+        self.n_heads, self.n_kv_heads = args.num_attention_heads, args.num_key_value_heads
+        self.scale = hd**-0.5
+        qkv_bias = args.qkv_bias
+        self.q_proj = nn.Linear(dim, self.n_heads * hd, bias=qkv_bias)
+        self.k_proj = nn.Linear(dim, self.n_kv_heads * hd, bias=qkv_bias)
+        self.v_proj = nn.Linear(dim, self.n_kv_heads * hd, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * hd, dim, bias=args.attention_bias)
+        self.rope = initialize_rope(
+            hd,
+            args.rope_theta,
+            args.rope_traditional,
+            args.rope_scaling,
+            args.max_position_embeddings,
+        )
+
+    def __call__(self, x: mx.array, rows: Rows, cache: Optional[Any]) -> mx.array:
+        _, R, _ = x.shape
+        q = rows.linear(self.q_proj, x, "self_attn.q_proj")
+        k = rows.linear(self.k_proj, x, "self_attn.k_proj")
+        v = rows.linear(self.v_proj, x, "self_attn.v_proj")
+        q = apply_rope(self.rope, q.reshape(1, R, self.n_heads, -1), rows.positions)
+        k = apply_rope(self.rope, k.reshape(1, R, self.n_kv_heads, -1), rows.positions)
+        v = v.reshape(1, R, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        k, v = rows.keys_values(k, v, cache)
+        out = mx.fast.scaled_dot_product_attention(
+            q, k, v, scale=self.scale, mask=rows.mask
+        )
+        out = out.transpose(0, 2, 1, 3).reshape(1, R, -1)
+        return rows.linear(self.o_proj, out, "self_attn.o_proj")
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        dim, hidden, bias = args.hidden_size, args.intermediate_size, args.mlp_bias
+        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+        self.up_proj = nn.Linear(dim, hidden, bias=bias)
+
+    def __call__(self, x: mx.array, rows: Rows) -> mx.array:
+        g = rows.linear(self.gate_proj, x, "mlp.gate_proj")
+        u = rows.linear(self.up_proj, x, "mlp.up_proj")
+        return rows.linear(self.down_proj, nn.silu(g) * u, "mlp.down_proj")
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.self_attn = Attention(args)
+        self.mlp = MLP(args)
+        self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+
+    def __call__(self, x: mx.array, rows: Rows, cache: Optional[Any]) -> mx.array:
+        h = x + self.self_attn(self.input_layernorm(x), rows, cache)
+        return h + self.mlp(self.post_attention_layernorm(h), rows)
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = [TransformerBlock(args) for _ in range(args.num_hidden_layers)]
+        self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+
+
+class Model(nn.Module):
+    """A causal LM whose top ``Ns`` layers can carry speculative streams.
+
+    The forward pass is split at layer ``l = N - Ns`` (``lower`` / ``upper``) because
+    tree pruning and stream insertion both happen there.
+    """
+
+    def __init__(self, args: ModelArgs, stream_args: Optional[StreamArgs] = None):
+        super().__init__()
+        self.args = args
+        self.model_type = args.model_type
+        self.model = LlamaModel(args)
+        if not args.tie_word_embeddings:
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        if stream_args is None:
+            ns = max(1, min(8, args.num_hidden_layers // 4))
+            stream_args = StreamArgs(num_stream_layers=ns)
+        if stream_args.num_stream_layers > args.num_hidden_layers:
+            raise ValueError(
+                f"num_stream_layers ({stream_args.num_stream_layers}) exceeds the "
+                f"model's {args.num_hidden_layers} layers"
+            )
+        self.streams = StreamParams(
+            stream_args, args.hidden_size, args.layer_dims, args.num_hidden_layers
+        )
+
+    @property
+    def layers(self) -> List[TransformerBlock]:
+        return self.model.layers
+
+    @property
+    def split(self) -> int:
+        """Index of the first multi-stream layer, l = N - Ns."""
+        return self.streams.first_layer
+
+    def embed(self, tokens: mx.array) -> mx.array:
+        return self.model.embed_tokens(tokens.reshape(1, -1))
+
+    def run_layers(
+        self, h: mx.array, rows: Rows, cache: List[Any], start: int, stop: int
+    ) -> mx.array:
+        for i in range(start, stop):
+            h = self.layers[i](h, rows.at_layer(i), cache[i])
+        return h
+
+    def logits(self, h: mx.array) -> mx.array:
+        """Final norm and LM head, shared by the main stream and every stream."""
+        h = self.model.norm(h)
+        if self.args.tie_word_embeddings:
+            return self.model.embed_tokens.as_linear(h)
+        return self.lm_head(h)
+
+    def early_exit(self, h_split: mx.array) -> mx.array:
+        """Pruning-head logits from main states at layer l: lm_head(norm(o(M)))."""
+        if self.streams.prune is not None:
+            h_split = h_split + self.streams.prune(h_split)
+        return self.logits(h_split)
+
+    def __call__(self, inputs: mx.array, cache: Optional[List[Any]] = None) -> mx.array:
+        """Plain causal forward, mlx-lm style: (1, L) tokens -> (1, L, V) logits."""
+        from .cache import make_cache  # local: cache.py imports nothing from here
+
+        cache = cache if cache is not None else make_cache(self)
+        L = inputs.shape[-1]
+        rows = Rows.causal(L, cache[0].offset, self.streams)
+        h = self.run_layers(self.embed(inputs), rows, cache, 0, len(self.layers))
+        return self.logits(h)
+
+    def all_stream_logits(self, tokens: mx.array) -> tuple:
+        """Main and stream logits at every position (the training layout).
+
+        Returns:
+            ``(main (T, V), streams (T, γ, V))`` in float32.
+        """
+        from .cache import make_cache
+
+        cache = make_cache(self)
+        T = tokens.size
+        rows = Rows.causal(T, 0, self.streams)
+        h = self.run_layers(self.embed(tokens), rows, cache, 0, self.split)
+        rows = rows.with_streams(list(range(T)))
+        s = self.streams.insert_streams(h[0]).reshape(1, -1, h.shape[-1])
+        h = self.run_layers(mx.concatenate([h, s], axis=1), rows, cache, self.split, len(self.layers))
+        out = self.logits(h[0]).astype(mx.float32)
+        return out[:T], out[T:].reshape(T, self.streams.args.num_streams, -1)
+
+    def early_exit_logits(self, tokens: mx.array) -> mx.array:
+        """Early-exit (pruning head) logits at every position, (T, V) float32."""
+        from .cache import make_cache
+
+        rows = Rows.causal(tokens.size, 0, self.streams)
+        h = self.run_layers(self.embed(tokens), rows, make_cache(self), 0, self.split)
+        return self.early_exit(h[0]).astype(mx.float32)
+
+    def sanitize(self, weights: Dict[str, mx.array]) -> Dict[str, mx.array]:
+        weights = {k: v for k, v in weights.items() if "rotary_emb.inv_freq" not in k}
+        if self.args.tie_word_embeddings:
+            weights.pop("lm_head.weight", None)
+        return weights

@@ -1,0 +1,127 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""Multi-stream attention rows (arXiv 2402.11131 §3.2.1, eq. 2).
+
+A forward pass carries ``L`` main rows (prompt tokens or flattened tree nodes) and, in
+the top ``Ns`` layers, ``S = A * γ`` stream rows: γ streams for each of ``A`` anchor
+nodes. ``Rows`` holds what every layer needs to treat them: positions, the attention
+mask, which rows are streams (they get the stream-only adapters) and which K/V go into
+the cache (main rows only; stream K/V are never cached).
+
+Mask over keys ``[cache prefix | L main rows | S stream rows]``:
+
+- main row u: the prefix, and the main rows of u's ancestors and u itself;
+- stream j of anchor a: the prefix, a's ancestors and a, and streams 1..j of a.
+"""
+
+from dataclasses import dataclass, replace
+from typing import Any, List, Optional, Union
+
+import mlx.core as mx
+import numpy as np
+
+from .streams import StreamParams
+
+
+@dataclass
+class Rows:
+    num_main: int
+    offset: int  # cache length before this pass
+    positions: Union[int, mx.array]  # int: contiguous main rows; else (R,) per row
+    mask: Optional[Union[mx.array, str]]  # bool (R, offset + R) or "causal" or None
+    streams: StreamParams
+    local: Optional[np.ndarray] = None  # (L, L) bool: main-to-main visibility
+    main_positions: Optional[np.ndarray] = None  # (L,)
+    num_stream: int = 0
+    layer: int = 0
+
+    @classmethod
+    def causal(cls, L: int, offset: int, streams: StreamParams) -> "Rows":
+        """Contiguous main rows at ``offset .. offset + L - 1`` (prefill, plain decode)."""
+        if L == 1:
+            mask = None
+        elif offset == 0:
+            mask = "causal"
+        else:
+            mask = mx.array(_with_prefix(np.tril(np.ones((L, L), bool)), offset))
+        return cls(L, offset, offset, mask, streams)
+
+    @classmethod
+    def tree(
+        cls, local: np.ndarray, depths: np.ndarray, offset: int, streams: StreamParams
+    ) -> "Rows":
+        """Flattened tree nodes: ``local`` is the (L, L) ancestor-or-self mask."""
+        pos = offset + depths.astype(np.int32)
+        mask = mx.array(_with_prefix(local, offset))
+        return cls(len(pos), offset, mx.array(pos), mask, streams, local, pos)
+
+    @classmethod
+    def streams_only(
+        cls, offset: int, anchor_position: int, streams: StreamParams
+    ) -> "Rows":
+        """γ stream rows of one anchor that is already the last cache entry."""
+        g = streams.args.num_streams
+        mask = _with_prefix(np.tril(np.ones((g, g), bool)), offset)
+        pos = mx.array(np.full(g, anchor_position, np.int32))
+        return cls(0, offset, pos, mx.array(mask), streams, num_stream=g)
+
+    def with_streams(self, anchors: List[int]) -> "Rows":
+        """Add γ stream rows per anchor (row indices into the main rows)."""
+        L, g = self.num_main, self.streams.args.num_streams
+        local = self.local
+        if local is None:  # contiguous causal rows
+            local = np.tril(np.ones((L, L), bool))
+            main_pos = self.offset + np.arange(L, dtype=np.int32)
+        else:
+            main_pos = self.main_positions
+        A = len(anchors)
+        S = A * g
+        m = np.zeros((L + S, L + S), bool)
+        m[:L, :L] = local
+        # (A, L) -> (A * g, L): every stream of an anchor sees the anchor's ancestry.
+        m[L:, :L] = np.repeat(local[anchors], g, axis=0)
+        m[L:, L:] = np.kron(np.eye(A, dtype=bool), np.tril(np.ones((g, g), bool)))
+        pos = np.concatenate([main_pos, np.repeat(main_pos[anchors], g)])
+        return replace(
+            self,
+            positions=mx.array(pos.astype(np.int32)),
+            mask=mx.array(_with_prefix(m, self.offset)),
+            num_stream=S,
+            local=local,
+            main_positions=main_pos,
+        )
+
+    def at_layer(self, i: int) -> "Rows":
+        self.layer = i
+        return self
+
+    def linear(self, module: Any, x: mx.array, name: str) -> mx.array:
+        """``module(x)`` with the stream-only adapter added on stream rows."""
+        y = module(x)
+        if not self.num_stream:
+            return y
+        adapter = self.streams.adapter(self.layer, name)
+        if adapter is None:
+            return y
+        L = self.num_main
+        return mx.concatenate([y[:, :L], y[:, L:] + adapter(x[:, L:])], axis=1)
+
+    def keys_values(self, k: mx.array, v: mx.array, cache: Any) -> tuple:
+        """Write main-row K/V (1, H, R, D) to the cache; return all visible K/V."""
+        L = self.num_main
+        if not self.num_stream:
+            return cache.update_and_fetch(k, v)
+        if L:
+            K, V = cache.update_and_fetch(k[:, :, :L], v[:, :, :L])
+        else:
+            K, V = cache.keys_and_values()
+        return (
+            mx.concatenate([K, k[:, :, L:]], axis=2),
+            mx.concatenate([V, v[:, :, L:]], axis=2),
+        )
+
+
+def _with_prefix(local: np.ndarray, offset: int) -> np.ndarray:
+    """Prepend ``offset`` always-visible cache columns to a (R, R) bool mask."""
+    if offset == 0:
+        return local
+    return np.concatenate([np.ones((local.shape[0], offset), bool), local], axis=1)

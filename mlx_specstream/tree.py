@@ -1,0 +1,174 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""Draft trees as data (arXiv 2402.11131 §3.2.2-3.2.3, App. A.1).
+
+A tree is rooted at the correction token, the last token the main stream issued.
+Nodes are flattened in an order where parents come before children. Node ``i`` sits
+at RoPE position ``prefix + depth[i]`` and attends to the prefix, its ancestors and
+itself. For the toy tree ``root -> a -> b, root -> c``::
+
+    tokens  = (r, a, b, c)      parents = (-1, 0, 1, 0)     depths = (0, 1, 2, 1)
+    ancestor_mask = [[1, 0, 0, 0],
+                     [1, 1, 0, 0],
+                     [1, 1, 1, 0],
+                     [1, 0, 0, 1]]
+
+Two shapes are drafted from the γ stream distributions of the accepted node: the
+paper's Cartesian product of per-stream top-k, and a best-first tree that adds nodes
+in order of joint stream probability until a node budget is spent.
+"""
+
+import heapq
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tree:
+    tokens: Tuple[int, ...]
+    parents: Tuple[int, ...]  # -1 for the root; parents[i] < i
+
+    @classmethod
+    def from_paths(cls, root: int, paths: Sequence[Sequence[int]]) -> "Tree":
+        """A trie of token ``paths`` below ``root``; shared prefixes become one node."""
+        tokens, parents = [root], [-1]
+        child: Dict[Tuple[int, int], int] = {}
+        for path in paths:
+            node = 0
+            for tok in path:
+                key = (node, int(tok))
+                if key not in child:
+                    child[key] = len(tokens)
+                    tokens.append(int(tok))
+                    parents.append(node)
+                node = child[key]
+        return cls(tuple(tokens), tuple(parents))
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+    @cached_property
+    def depths(self) -> np.ndarray:
+        d = np.zeros(self.size, np.int32)
+        for i, p in enumerate(self.parents[1:], 1):
+            d[i] = d[p] + 1
+        return d
+
+    @cached_property
+    def ancestor_mask(self) -> np.ndarray:
+        """(T, T) bool: ``[i, j]`` is True iff node j is node i or an ancestor of it."""
+        m = np.eye(self.size, dtype=bool)
+        for i, p in enumerate(self.parents[1:], 1):
+            m[i] |= m[p]
+        return m
+
+    @cached_property
+    def children(self) -> List[List[int]]:
+        out: List[List[int]] = [[] for _ in range(self.size)]
+        for i, p in enumerate(self.parents[1:], 1):
+            out[p].append(i)
+        return out
+
+    def path(self, node: int) -> List[int]:
+        """Node indices from the root to ``node``, both included."""
+        out = [node]
+        while self.parents[out[-1]] >= 0:
+            out.append(self.parents[out[-1]])
+        return out[::-1]
+
+    def keep(self, nodes: Sequence[int]) -> "Tree":
+        """The sub-tree of ``nodes`` (increasing, closed under parents), re-indexed."""
+        index = {n: i for i, n in enumerate(nodes)}
+        parents = tuple(-1 if self.parents[n] < 0 else index[self.parents[n]] for n in nodes)
+        return Tree(tuple(self.tokens[n] for n in nodes), parents)
+
+    def truncate_depth(self, max_depth: int) -> "Tree":
+        return self.keep([i for i in range(self.size) if self.depths[i] <= max_depth])
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    """How to draft a tree from stream distributions.
+
+    Args:
+        kind: "cartesian" (the paper: every depth-g node gets the top ``branching[g]``
+            tokens of stream g + 1) or "best_first" (add the most probable node by
+            joint stream probability until ``budget`` nodes, root included).
+        branching: top-k per depth for "cartesian"; its length caps the depth.
+        budget: node budget for "best_first".
+        max_depth: deepest draft level for "best_first" (default: every stream).
+    """
+
+    kind: str = "best_first"
+    branching: Tuple[int, ...] = (2, 2, 1, 1)
+    budget: int = 16
+    max_depth: int = 0
+
+    def __post_init__(self):
+        if self.kind not in ("cartesian", "best_first"):
+            raise ValueError(f"tree kind must be 'cartesian' or 'best_first', got {self.kind!r}")
+        if self.kind == "cartesian" and (not self.branching or min(self.branching) < 1):
+            raise ValueError(f"branching must be positive integers, got {self.branching}")
+        if self.budget < 1:
+            raise ValueError(f"tree budget must be >= 1, got {self.budget}")
+
+    @property
+    def top_k(self) -> int:
+        """How many candidates per stream the drafter needs."""
+        return max(self.branching) if self.kind == "cartesian" else max(1, self.budget - 1)
+
+    @property
+    def size(self) -> int:
+        """Node count of a full tree (root included)."""
+        if self.kind == "best_first":
+            return self.budget
+        n, width = 1, 1
+        for k in self.branching:
+            width *= k
+            n += width
+        return n
+
+
+def cartesian_paths(tokens: np.ndarray, branching: Sequence[int]) -> List[Tuple[int, ...]]:
+    """Root-to-leaf paths of the Cartesian top-k tree.
+
+    Args:
+        tokens: (γ, K) candidate tokens per stream, most probable first.
+        branching: top-k at each depth; depth is ``min(len(branching), γ)``.
+    """
+    paths: List[Tuple[int, ...]] = [()]
+    for g, k in enumerate(branching[: tokens.shape[0]]):
+        paths = [p + (int(t),) for p in paths for t in tokens[g, :k]]
+    return paths
+
+
+def best_first_paths(
+    tokens: np.ndarray, logprobs: np.ndarray, budget: int, max_depth: int = 0
+) -> List[Tuple[int, ...]]:
+    """Nodes of the most probable tree with ``budget`` nodes, root included.
+
+    A node at depth g is a choice of rank r_1..r_g in streams 1..g; its score is the
+    sum of those log-probabilities. Candidates are sorted, so a node's next sibling
+    and first child always score at most the node itself: a heap walk enumerates
+    nodes in score order and every node's parent is taken before it.
+
+    Args:
+        tokens, logprobs: (γ, K) per-stream candidates, sorted by decreasing logprob.
+    """
+    depth = tokens.shape[0] if max_depth <= 0 else min(max_depth, tokens.shape[0])
+    K = tokens.shape[1]
+    heap = [(-float(logprobs[0, 0]), (0,))]
+    nodes: List[Tuple[int, ...]] = []
+    while heap and len(nodes) < budget - 1:
+        neg, ranks = heapq.heappop(heap)
+        nodes.append(ranks)
+        g = len(ranks) - 1
+        if ranks[-1] + 1 < K:  # next sibling
+            sib = ranks[:-1] + (ranks[-1] + 1,)
+            heapq.heappush(heap, (neg + logprobs[g, ranks[-1]] - logprobs[g, sib[-1]], sib))
+        if g + 1 < depth:  # first child
+            heapq.heappush(heap, (neg - logprobs[g + 1, 0], ranks + (0,)))
+    return [tuple(int(tokens[g, r]) for g, r in enumerate(ranks)) for ranks in nodes]
