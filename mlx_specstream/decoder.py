@@ -102,12 +102,13 @@ def generate_step(
     model: Model,
     sampling: SamplingArgs = SamplingArgs(),
     prefill_step_size: int = 512,
+    prompt_cache: Optional[list] = None,
 ) -> Iterator[int]:
     """Plain autoregressive decoding with the same model and cache code (the oracle).
 
     Yields one token per forward pass, forever; the caller stops it.
     """
-    cache = make_cache(model)
+    cache = prompt_cache if prompt_cache is not None else make_cache(model)
     prefill(model, prompt, cache, prefill_step_size)
 
     def _step(y: mx.array) -> mx.array:
@@ -179,14 +180,17 @@ def speculative_generate_step(
     sampling: SamplingArgs = SamplingArgs(),
     options: DecodeOptions = DecodeOptions(),
     max_tokens: int = -1,
+    prompt_cache: Optional[list] = None,
 ) -> Iterator[Step]:
     """Speculative Streaming decoding; yields one ``Step`` per forward pass.
 
     Args:
         max_tokens: stop after this many tokens (-1: never); trees are cut so that
             no pass drafts past it.
+        prompt_cache: per-layer caches to fill (default: new ones); after each
+            step they hold the prompt and every emitted token but the last.
     """
-    cache = make_cache(model)
+    cache = prompt_cache if prompt_cache is not None else make_cache(model)
     verify = _Verifier(sampling)
     split, n_layers = model.split, len(model.layers)
     history = list(prompt)

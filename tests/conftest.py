@@ -65,7 +65,9 @@ def tiny_hf_tokenizer(vocab_size: int = TINY["vocab_size"]):
 def wrap(hf_tokenizer, eos_token_ids=(0,)):
     from mlx_lm.tokenizer_utils import NaiveStreamingDetokenizer, TokenizerWrapper
 
-    return TokenizerWrapper(hf_tokenizer, NaiveStreamingDetokenizer, eos_token_ids=list(eos_token_ids))
+    wrapper = TokenizerWrapper(hf_tokenizer, NaiveStreamingDetokenizer)
+    wrapper.eos_token_ids = list(eos_token_ids)  # the constructor always adds </s>
+    return wrapper
 
 
 @pytest.fixture

@@ -1,0 +1,173 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""The key invariant: greedy Speculative Streaming output equals plain greedy output."""
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import mlx.core as mx
+import pytest
+
+from mlx_specstream.decoder import StreamTopK, speculative_generate_step, StreamDrafter
+from mlx_specstream.format import StreamArgs
+from mlx_specstream.generate import generate, stream_generate
+from mlx_specstream.models.cache import make_cache
+from mlx_specstream.tree import Tree, TreeShape
+
+from conftest import tiny_hf_tokenizer, tiny_model, wrap
+
+PROMPT = [5, 17, 33, 2, 61, 8, 40]
+
+
+def run(model, tokenizer, prompt=PROMPT, **kw) -> tuple:
+    rs = list(stream_generate(model, tokenizer, prompt, **kw))
+    return [t for r in rs for t in r.tokens], rs
+
+
+SHAPES = [
+    dict(),  # GQA, untied
+    dict(tie_word_embeddings=True, num_key_value_heads=4),
+    dict(model_type="qwen2", num_key_value_heads=1),
+    dict(model_type="mistral", num_hidden_layers=3, head_dim=24),
+    dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                       "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+]
+STREAMS = [
+    StreamArgs(num_streams=3, num_stream_layers=2),
+    StreamArgs(num_streams=4, num_stream_layers=1, stream_adapter_rank=4, insertion_rank=2),
+    StreamArgs(num_streams=2, num_stream_layers=3, stream_adapter_rank=2, prune_rank=4,
+               stream_adapter_modules=["self_attn.q_proj", "mlp.down_proj"]),
+]
+TREES = [
+    TreeShape(),
+    TreeShape(budget=4),
+    TreeShape("cartesian", (2, 2, 1)),
+    TreeShape("cartesian", (1, 1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_lossless_random_streams(tokenizer, shape, seed):
+    model = tiny_model(seed, STREAMS[seed % len(STREAMS)], **SHAPES[shape])
+    plain, _ = run(model, tokenizer, max_tokens=48, speculative=False)
+    assert len(plain) >= 1
+    for i, tree in enumerate(TREES):
+        pass_kind = "tree" if (seed + i) % 2 == 0 else "accepted"
+        spec, rs = run(model, tokenizer, max_tokens=48, tree=tree, stream_pass=pass_kind)
+        assert spec == plain, (tree, pass_kind)
+        # EOS, when reached, is produced by a pass but not output.
+        assert rs[-1].forward_calls <= len(spec) + 1
+
+
+@pytest.mark.parametrize("threshold", [0.01, 0.2, 0.9])
+def test_greedy_lossless_with_pruning(tokenizer, threshold):
+    args = StreamArgs(num_streams=3, num_stream_layers=2, prune_rank=4, prune_threshold=threshold)
+    model = tiny_model(3, args)
+    plain, _ = run(model, tokenizer, max_tokens=40, speculative=False)
+    spec, rs = run(model, tokenizer, max_tokens=40, tree=TreeShape("cartesian", (3, 2, 1)))
+    assert spec == plain
+    if threshold == 0.9:  # almost everything is pruned
+        assert min(r.tree_size for r in rs[1:]) < TreeShape("cartesian", (3, 2, 1)).size
+
+
+@dataclass
+class OracleDrafter:
+    """Drafts the true continuation (depth ``depth``) plus one wrong sibling per level."""
+
+    truth: List[int]
+    prompt_len: int
+    depth: int
+    top_k: int = 0
+
+    def draft(self, root: int, streams: Optional[StreamTopK], history: Sequence[int]) -> Tree:
+        n = len(history) - self.prompt_len  # tokens emitted so far, root included
+        nxt = self.truth[n : n + self.depth]
+        wrong = [(t + 1) % 96 for t in nxt]
+        paths = [tuple(nxt)] + [tuple(nxt[:i]) + (wrong[i],) for i in range(len(nxt)) if wrong[i] != nxt[i]]
+        return Tree.from_paths(root, paths)
+
+
+@pytest.mark.parametrize("depth", [1, 3, 6])
+@pytest.mark.parametrize("seed", [0, 4])
+def test_oracle_draft_accepts_many_tokens_per_pass(depth, seed):
+    tokenizer = wrap(tiny_hf_tokenizer(), eos_token_ids=[])  # no early stop
+    model = tiny_model(seed, **SHAPES[seed % len(SHAPES)])
+    plain, _ = run(model, tokenizer, max_tokens=40, speculative=False)
+    drafter = OracleDrafter(plain, len(PROMPT), depth)
+    spec, rs = run(model, tokenizer, max_tokens=40, drafter=drafter)
+    assert spec == plain
+    # Prefill issues one token; every later pass accepts the whole oracle chain.
+    expected = [1] + [depth + 1] * ((len(plain) - 1) // (depth + 1))
+    if (len(plain) - 1) % (depth + 1):
+        expected.append((len(plain) - 1) % (depth + 1))
+    assert [len(r.tokens) for r in rs] == expected
+
+
+def test_cache_offset_equals_tokens_kept():
+    model = tiny_model(5)
+    cache = make_cache(model)
+    steps = speculative_generate_step(PROMPT, model, StreamDrafter(TreeShape(budget=8)), prompt_cache=cache)
+    emitted = 0
+    for _, step in zip(range(12), steps):
+        emitted += len(step.tokens)
+        # Every emitted token but the newest correction token is in every layer's cache.
+        assert all(c.offset == len(PROMPT) + emitted - 1 for c in cache)
+
+
+def test_eos_inside_accepted_path(tokenizer):
+    model = tiny_model(1)
+    plain, _ = run(model, tokenizer, max_tokens=30, speculative=False)
+    eos = plain[9]
+    stop_tok = wrap(tiny_hf_tokenizer(), eos_token_ids=[eos])
+    plain_stop, prs = run(model, stop_tok, max_tokens=30, speculative=False)
+    assert plain_stop == plain[: plain.index(eos)] and prs[-1].finish_reason == "stop"
+    spec, rs = run(model, stop_tok, max_tokens=30, drafter=OracleDrafter(plain, len(PROMPT), 5))
+    assert spec == plain_stop and rs[-1].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 5, 13])
+def test_max_tokens_exact(max_tokens):
+    tokenizer = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
+    model = tiny_model(2)
+    plain, _ = run(model, tokenizer, max_tokens=40, speculative=False)
+    for drafter in (None, OracleDrafter(plain, len(PROMPT), 4)):
+        spec, rs = run(model, tokenizer, max_tokens=max_tokens, drafter=drafter)
+        assert spec == plain[:max_tokens]
+        assert rs[-1].generation_tokens == max_tokens and rs[-1].finish_reason == "length"
+
+
+def test_string_prompt_and_generate(tokenizer):
+    model = tiny_model(0)
+    text = generate(model, tokenizer, "t5 t17 t33", max_tokens=10)
+    plain = generate(model, tokenizer, [5, 17, 33], max_tokens=10, speculative=False)
+    assert text == plain and text.strip().startswith("t")
+
+
+def test_float16_model_decodes(tokenizer):
+    model = tiny_model(0)
+    model.set_dtype(mx.float16)
+    plain, _ = run(model, tokenizer, max_tokens=12, speculative=False)
+    spec, _ = run(model, tokenizer, max_tokens=12)
+    assert len(spec) == 12 and spec[:4] == plain[:4]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompt=[]), "prompt is empty"),
+        (dict(prompt=""), "prompt is empty"),
+        (dict(prompt=[1] * 500, max_tokens=20), "exceeds the model's context length"),
+        (dict(prompt=[1, 999]), "outside the vocabulary"),
+        (dict(max_tokens=0), "max_tokens"),
+        (dict(temp=-1.0), "temp"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_k=-2), "top_k"),
+        (dict(stream_pass="both"), "stream_pass"),
+        (dict(prune_threshold=1.5), "prune_threshold"),
+    ],
+)
+def test_bad_input_gives_clear_errors(tokenizer, kwargs, message):
+    model = tiny_model(0)
+    kwargs = {"prompt": PROMPT, "max_tokens": 5, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        list(stream_generate(model, tokenizer, **kwargs))

@@ -1,0 +1,93 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+import numpy as np
+import pytest
+
+from mlx_specstream.models.msa import Rows
+from mlx_specstream.tree import Tree, TreeShape, best_first_paths, cartesian_paths
+
+from conftest import tiny_model
+
+
+def test_toy_tree_layout():
+    # root -> 11 -> 12, root -> 13
+    tree = Tree.from_paths(10, [(11, 12), (13,)])
+    assert tree.tokens == (10, 11, 12, 13)
+    assert tree.parents == (-1, 0, 1, 0)
+    assert tree.depths.tolist() == [0, 1, 2, 1]
+    expected = np.array(
+        [
+            [1, 0, 0, 0],
+            [1, 1, 0, 0],
+            [1, 1, 1, 0],
+            [1, 0, 0, 1],
+        ],
+        bool,
+    )
+    np.testing.assert_array_equal(tree.ancestor_mask, expected)
+    assert tree.path(2) == [0, 1, 2]
+    assert tree.children == [[1, 3], [2], [], []]
+
+
+def test_shared_prefixes_become_one_node():
+    tree = Tree.from_paths(0, [(1, 2), (1, 3), (1, 2, 4)])
+    assert tree.tokens == (0, 1, 2, 3, 4)
+    assert tree.parents == (-1, 0, 1, 1, 2)
+
+
+def test_cartesian_tree_is_the_product_of_top_k():
+    tokens = np.array([[5, 6, 7], [8, 9, 10], [11, 12, 13]])
+    paths = cartesian_paths(tokens, (2, 2, 1))
+    assert paths == [(5, 8, 11), (5, 9, 11), (6, 8, 11), (6, 9, 11)]
+    tree = Tree.from_paths(1, paths)
+    assert tree.size == 1 + 2 + 4 + 4 == TreeShape("cartesian", (2, 2, 1)).size
+    # Tokens repeat across branches, as in the paper's Fig. 8.
+    assert tree.tokens == (1, 5, 8, 11, 9, 11, 6, 8, 11, 9, 11)
+    assert tree.depths.tolist() == [0, 1, 2, 3, 2, 3, 1, 2, 3, 2, 3]
+
+
+def test_best_first_takes_nodes_by_joint_probability():
+    tokens = np.array([[5, 6], [7, 8]])
+    logprobs = np.log(np.array([[0.6, 0.4], [0.9, 0.1]]))
+    # joint: (5)=.6 (6)=.4 (5,7)=.54 (6,7)=.36 (5,8)=.06 (6,8)=.04
+    assert best_first_paths(tokens, logprobs, budget=5) == [(5,), (5, 7), (6,), (6, 7)]
+    assert best_first_paths(tokens, logprobs, budget=3) == [(5,), (5, 7)]
+    assert best_first_paths(tokens, logprobs, budget=3, max_depth=1) == [(5,), (6,)]
+
+
+def test_keep_reindexes_a_subtree():
+    tree = Tree.from_paths(0, [(1, 2), (3, 4)])  # nodes 0,1,2,3,4
+    sub = tree.keep([0, 3, 4])
+    assert sub.tokens == (0, 3, 4) and sub.parents == (-1, 0, 1)
+    assert tree.truncate_depth(1).tokens == (0, 1, 3)
+
+
+def test_msa_mask_literal():
+    """Main rows see ancestors; stream j of an anchor sees its ancestry and streams <= j."""
+    model = tiny_model()  # γ = 3
+    tree = Tree.from_paths(0, [(1,), (2,)])  # root with two children
+    rows = Rows.tree(tree.ancestor_mask, tree.depths, offset=2, streams=model.streams)
+    rows = rows.with_streams([1])
+    m = np.array(rows.mask).astype(int)
+    expected = np.array(
+        # prefix | r  c1 c2 | s1 s2 s3 (streams of c1)
+        [
+            [1, 1, 1, 0, 0, 0, 0, 0],  # root
+            [1, 1, 1, 1, 0, 0, 0, 0],  # child 1
+            [1, 1, 1, 0, 1, 0, 0, 0],  # child 2
+            [1, 1, 1, 1, 0, 1, 0, 0],  # stream 1 of child 1
+            [1, 1, 1, 1, 0, 1, 1, 0],  # stream 2
+            [1, 1, 1, 1, 0, 1, 1, 1],  # stream 3
+        ]
+    )
+    np.testing.assert_array_equal(m, expected)
+    # Main rows at prefix + depth; stream rows at their anchor's position.
+    assert np.array(rows.positions).tolist() == [2, 3, 3, 3, 3, 3]
+
+
+def test_tree_shape_validation():
+    with pytest.raises(ValueError, match="tree kind"):
+        TreeShape("beam")
+    with pytest.raises(ValueError, match="budget"):
+        TreeShape(budget=0)
+    with pytest.raises(ValueError, match="branching"):
+        TreeShape("cartesian", (2, 0))
