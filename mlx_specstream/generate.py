@@ -199,3 +199,81 @@ def print_stats(r: GenerationResponse) -> None:
     print(f"Generation: {r.generation_tokens} tokens, {r.generation_tps:.3f} tokens-per-sec")
     print(f"Tokens per forward pass: {r.tokens_per_pass:.2f} ({r.forward_calls} passes)")
     print(f"Peak memory: {r.peak_memory:.3f} GB")
+
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_PROMPT = "What is the capital of France?"
+
+
+def apply_chat_template(tokenizer: TokenizerWrapper, prompt: str, system: Optional[str] = None) -> str:
+    """Wrap a user message in the model's chat template, when it has one."""
+    if not getattr(tokenizer, "chat_template", None):
+        return prompt
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def add_decoding_args(parser) -> None:
+    """Flags shared by ``generate``, ``chat`` and the demos."""
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="MLX directory, registered name or HF repo")
+    parser.add_argument("--max-tokens", "-m", type=int, default=256)
+    parser.add_argument("--temp", type=float, default=0.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--no-speculative", action="store_true", help="plain autoregressive decoding")
+    parser.add_argument("--tree", choices=["best_first", "cartesian"], default="best_first")
+    parser.add_argument("--tree-budget", type=int, default=None, help="nodes of a best-first tree")
+    parser.add_argument("--branching", default="2,2,1,1", help="per-depth top-k of a Cartesian tree")
+    parser.add_argument("--prune-threshold", type=float, default=None)
+    parser.add_argument("--stream-pass", choices=["tree", "accepted"], default="tree")
+    parser.add_argument("--verbose", action="store_true", help="print the BLAS in use and timings")
+
+
+def decoding_kwargs(args) -> dict:
+    """``stream_generate`` keyword arguments from parsed flags."""
+    budget = args.tree_budget if args.tree_budget is not None else TreeShape().budget
+    branching = tuple(int(k) for k in args.branching.split(","))
+    return dict(
+        max_tokens=args.max_tokens,
+        temp=args.temp,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        speculative=not args.no_speculative,
+        tree=TreeShape(args.tree, branching, budget),
+        prune_threshold=args.prune_threshold,
+        stream_pass=args.stream_pass,
+    )
+
+
+def main(argv=None) -> None:
+    import argparse
+    import sys
+
+    from .utils import ModelLoadError, load
+
+    parser = argparse.ArgumentParser(prog="mlx-specstream generate", description="Generate text.")
+    add_decoding_args(parser)
+    parser.add_argument("--prompt", "-p", default=DEFAULT_PROMPT, help="'-' reads stdin")
+    parser.add_argument("--system-prompt", default=None)
+    parser.add_argument("--ignore-chat-template", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.seed is not None:
+            mx.random.seed(args.seed)
+        kwargs = decoding_kwargs(args)
+        model, tokenizer = load(args.model)
+        prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+        if not args.ignore_chat_template:
+            prompt = apply_chat_template(tokenizer, prompt, args.system_prompt)
+        if args.verbose:
+            from .blas import active_blas
+
+            print(f"BLAS: {active_blas()}")
+            print(f"Model: {args.model} ({'with' if model.has_streams else 'no'} trained streams)")
+            print("=" * 10)
+        generate(model, tokenizer, prompt, verbose=True, **kwargs)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")

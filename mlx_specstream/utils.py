@@ -9,7 +9,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
-from mlx_lm.tokenizer_utils import TokenizerWrapper, load_tokenizer
+from mlx_lm.tokenizer_utils import TokenizerWrapper
+from mlx_lm.utils import load_tokenizer
 
 from .format import SETTINGS_FILE, STREAMS_FILE, StreamArgs, stream_tensor_shapes
 from .models.llama import Model, ModelArgs

@@ -1,0 +1,69 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""The main demo: Speculative Streaming next to plain decoding on the same prompts.
+
+    python demos/compare.py [--model smollm2-135m-instruct] [--prompt "..."]
+
+Both runs decode greedily with the same weights; the text must be identical, and the
+speculative run needs fewer forward passes.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mlx_specstream.blas import active_blas, ensure_openblas  # noqa: E402
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a SQL query that returns the names of all employees in the sales "
+    "department from the table employees(name, department, salary).",
+    "List five tips for staying focused while studying.",
+]
+
+
+def run(model, tokenizer, prompt, speculative, max_tokens):
+    from mlx_specstream import stream_generate
+
+    text, last = "", None
+    for last in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens,
+                                speculative=speculative):
+        text += last.text
+    return text, last
+
+
+def main():
+    ensure_openblas()
+    from mlx_specstream import load
+    from mlx_specstream.generate import apply_chat_template
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--prompt", action="append", default=None)
+    p.add_argument("--max-tokens", type=int, default=96)
+    args = p.parse_args()
+
+    print(f"BLAS: {active_blas()}")
+    print(f"Loading {args.model} (first use fetches and converts it)...")
+    model, tokenizer = load(args.model)
+    print(f"Trained streams: {'yes' if model.has_streams else 'no'}\n")
+    run(model, tokenizer, "Hello", False, 4)  # warm-up
+    same_all = True
+    for prompt in args.prompt or PROMPTS:
+        chat = apply_chat_template(tokenizer, prompt)
+        plain, rp = run(model, tokenizer, chat, False, args.max_tokens)
+        spec, rs = run(model, tokenizer, chat, True, args.max_tokens)
+        same = plain == spec
+        same_all &= same
+        print(f"### {prompt}\n{spec.strip()}\n")
+        print(f"  plain decoding:        {rp.generation_tps:6.2f} tokens/s, "
+              f"{rp.tokens_per_pass:.2f} tokens per forward pass")
+        print(f"  Speculative Streaming: {rs.generation_tps:6.2f} tokens/s, "
+              f"{rs.tokens_per_pass:.2f} tokens per forward pass "
+              f"({rs.generation_tps / max(rp.generation_tps, 1e-9):.2f}x)")
+        print(f"  identical text: {'yes' if same else 'NO'}\n")
+    sys.exit(0 if same_all else 1)
+
+
+if __name__ == "__main__":
+    main()

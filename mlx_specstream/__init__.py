@@ -1,0 +1,8 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""mlx-specstream: Speculative Streaming decoding on Apple MLX."""
+
+from ._version import __version__
+from .generate import GenerationResponse, generate, stream_generate
+from .utils import load
+
+__all__ = ["__version__", "load", "generate", "stream_generate", "GenerationResponse"]

@@ -1,0 +1,38 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""``mlx-specstream <command> ...``: dispatch to each command's ``main``."""
+
+import importlib
+import sys
+
+from ._version import __version__
+
+COMMANDS = {
+    "generate": ("mlx_specstream.generate", "generate text (Speculative Streaming or plain)"),
+    "chat": ("mlx_specstream.chat", "interactive chat with streaming output"),
+    "convert": ("convert.convert", "convert a PyTorch / GGUF checkpoint to an MLX directory"),
+    "train": ("convert.train", "train speculative streams (PyTorch)"),
+    "data": ("convert.data.make", "write the seeded synthetic task data sets"),
+    "distill": ("convert.data.distill", "make self-distillation targets with the model"),
+    "bench": ("mlx_specstream.bench", "benchmark decoding methods side by side"),
+    "calibrate": ("mlx_specstream.calibrate", "measure this device and pick the tree budget"),
+}
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: mlx-specstream <command> [options]\n\ncommands:")
+        for name, (_, help_) in COMMANDS.items():
+            print(f"  {name:<10} {help_}")
+        return
+    if argv[0] == "--version":
+        print(__version__)
+        return
+    if argv[0] not in COMMANDS:
+        sys.exit(f"error: unknown command {argv[0]!r} (see mlx-specstream --help)")
+    if argv[0] not in ("convert", "train", "data"):
+        from .blas import ensure_openblas
+
+        ensure_openblas()  # fp32 decoding on Linux is 30x slower without it
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    module.main(argv[1:])
