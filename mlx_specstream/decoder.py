@@ -13,8 +13,8 @@ accepted node's γ streams run alone through the top Ns layers after compaction.
 trades a short extra pass for T·γ fewer rows, which pays off where rows are costly.
 """
 
-from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
@@ -23,44 +23,8 @@ from .models.cache import make_cache
 from .models.llama import Model
 from .models.msa import Rows
 from .sample_utils import SamplingArgs, accept_greedy, accept_sampled, sample, target_logprobs
-from .tree import Tree, TreeShape, best_first_paths, cartesian_paths
-
-
-@dataclass(frozen=True)
-class StreamTopK:
-    """The accepted node's stream candidates, most probable first."""
-
-    tokens: np.ndarray  # (γ, K)
-    logprobs: np.ndarray  # (γ, K)
-
-
-class Drafter(Protocol):
-    top_k: int  # candidates per stream it needs (0: it does not read streams)
-
-    def draft(self, root: int, streams: Optional[StreamTopK], history: Sequence[int]) -> Tree:
-        ...
-
-
-@dataclass
-class StreamDrafter:
-    """Drafts the next tree from the speculative streams."""
-
-    shape: TreeShape = field(default_factory=TreeShape)
-
-    @property
-    def top_k(self) -> int:
-        return self.shape.top_k
-
-    def draft(self, root: int, streams: Optional[StreamTopK], history: Sequence[int]) -> Tree:
-        if streams is None:
-            return Tree((root,), (-1,))
-        if self.shape.kind == "cartesian":
-            paths = cartesian_paths(streams.tokens, self.shape.branching)
-        else:
-            paths = best_first_paths(
-                streams.tokens, streams.logprobs, self.shape.budget, self.shape.max_depth
-            )
-        return Tree.from_paths(root, paths)
+from .drafters import Drafter, StreamTopK
+from .tree import Tree
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,11 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from .decoder import (
     DecodeOptions,
-    Drafter,
     Step,
-    StreamDrafter,
     generate_step,
     speculative_generate_step,
 )
+from .drafters import Drafter, MixedDrafter, StreamDrafter
 from .models.llama import Model
 from .sample_utils import SamplingArgs
 from .tree import TreeShape
@@ -101,6 +100,7 @@ def stream_generate(
     prune_threshold: Optional[float] = None,
     stream_pass: str = "tree",
     drafter: Optional[Drafter] = None,
+    prompt_lookup: bool = False,
     prefill_step_size: int = 512,
 ) -> Iterator[GenerationResponse]:
     """Generate text, yielding one response per forward pass.
@@ -115,6 +115,7 @@ def stream_generate(
         prune_threshold: early-exit pruning threshold (default: the model's setting).
         stream_pass: "tree" (streams for every node, one pass) or "accepted".
         drafter: replaces the stream drafter (prompt lookup, tests' oracles).
+        prompt_lookup: add an n-gram chain copied from the prompt/output to each tree.
 
     Yields:
         ``GenerationResponse``.
@@ -128,7 +129,9 @@ def stream_generate(
         if prune_threshold is None:
             prune_threshold = model.streams.args.prune_threshold
         options = DecodeOptions(prune_threshold, stream_pass, prefill_step_size)
-        drafter = drafter or StreamDrafter(tree or TreeShape())
+        if drafter is None:
+            streams = StreamDrafter(tree or TreeShape())
+            drafter = MixedDrafter(streams) if prompt_lookup else streams
         steps = speculative_generate_step(ids, model, drafter, sampling, options, max_tokens)
     else:
         steps = (Step([t], 1, 1, 0) for t in generate_step(ids, model, sampling, prefill_step_size))
@@ -229,6 +232,7 @@ def add_decoding_args(parser) -> None:
     parser.add_argument("--branching", default="2,2,1,1", help="per-depth top-k of a Cartesian tree")
     parser.add_argument("--prune-threshold", type=float, default=None)
     parser.add_argument("--stream-pass", choices=["tree", "accepted"], default="tree")
+    parser.add_argument("--prompt-lookup", action="store_true", help="add prompt-lookup drafts")
     parser.add_argument("--verbose", action="store_true", help="print the BLAS in use and timings")
 
 
@@ -245,6 +249,7 @@ def decoding_kwargs(args) -> dict:
         tree=TreeShape(args.tree, branching, budget),
         prune_threshold=args.prune_threshold,
         stream_pass=args.stream_pass,
+        prompt_lookup=args.prompt_lookup,
     )
 
 

@@ -7,7 +7,8 @@ from typing import List, Optional, Sequence
 import mlx.core as mx
 import pytest
 
-from mlx_specstream.decoder import StreamTopK, speculative_generate_step, StreamDrafter
+from mlx_specstream.decoder import speculative_generate_step
+from mlx_specstream.drafters import StreamDrafter, StreamTopK
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import generate, stream_generate
 from mlx_specstream.models.cache import make_cache
@@ -171,3 +172,18 @@ def test_bad_input_gives_clear_errors(tokenizer, kwargs, message):
     kwargs = {"prompt": PROMPT, "max_tokens": 5, **kwargs}
     with pytest.raises(ValueError, match=message):
         list(stream_generate(model, tokenizer, **kwargs))
+
+
+def test_prompt_lookup_drafts_copy_the_prompt_and_stay_lossless():
+    from mlx_specstream.drafters import PromptLookupDrafter
+
+    lookup = PromptLookupDrafter(max_ngram=2, length=3)
+    assert lookup.paths([1, 2, 3, 4, 5, 9, 2, 3]) == [(4, 5, 9)]
+    assert lookup.paths([1, 2, 3, 4, 7, 3]) == [(4, 7, 3)]  # falls back to n = 1
+    assert lookup.paths([1, 2, 3]) == []
+    tokenizer = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
+    model = tiny_model(6)
+    prompt = PROMPT * 3  # repetitive input: lookup has something to copy
+    plain, _ = run(model, tokenizer, prompt, max_tokens=40, speculative=False)
+    spec, rs = run(model, tokenizer, prompt, max_tokens=40, prompt_lookup=True)
+    assert spec == plain

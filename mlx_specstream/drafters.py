@@ -1,0 +1,103 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""Drafters: where the next tree's candidate paths come from.
+
+``StreamDrafter`` is Speculative Streaming proper: the γ streams of the accepted node.
+``PromptLookupDrafter`` copies the tokens that followed the latest earlier occurrence
+of the current n-gram in the prompt or output (draft-free prompt lookup decoding).
+``MixedDrafter`` merges both into one tree: lookup is nearly free and strong where the
+answer copies the input (SQL column names, slot values).
+"""
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Protocol, Sequence, Tuple
+
+import numpy as np
+
+from .tree import Tree, TreeShape, best_first_paths, cartesian_paths
+
+
+@dataclass(frozen=True)
+class StreamTopK:
+    """The accepted node's stream candidates, most probable first."""
+
+    tokens: np.ndarray  # (γ, K)
+    logprobs: np.ndarray  # (γ, K)
+
+
+class Drafter(Protocol):
+    top_k: int  # candidates per stream it needs (0: it does not read streams)
+
+    def draft(self, root: int, streams: Optional[StreamTopK], history: Sequence[int]) -> Tree:
+        ...
+
+
+@dataclass
+class StreamDrafter:
+    """Drafts the next tree from the speculative streams."""
+
+    shape: TreeShape = field(default_factory=TreeShape)
+
+    @property
+    def top_k(self) -> int:
+        return self.shape.top_k
+
+    def paths(self, streams: Optional[StreamTopK]) -> List[Tuple[int, ...]]:
+        if streams is None:
+            return []
+        if self.shape.kind == "cartesian":
+            return cartesian_paths(streams.tokens, self.shape.branching)
+        return best_first_paths(
+            streams.tokens, streams.logprobs, self.shape.budget, self.shape.max_depth
+        )
+
+    def draft(self, root: int, streams: Optional[StreamTopK], history: Sequence[int]) -> Tree:
+        return Tree.from_paths(root, self.paths(streams))
+
+
+@dataclass
+class PromptLookupDrafter:
+    """Prompt lookup: match the last ``n`` tokens (longest first) earlier in history.
+
+    Args:
+        max_ngram, min_ngram: n-gram sizes tried, longest first.
+        length: tokens proposed after a match (a chain).
+    """
+
+    max_ngram: int = 3
+    min_ngram: int = 1
+    length: int = 5
+    top_k: int = 0
+
+    def paths(self, history: Sequence[int]) -> List[Tuple[int, ...]]:
+        h = np.asarray(history)
+        for n in range(self.max_ngram, self.min_ngram - 1, -1):
+            if h.size <= n:
+                continue
+            tail = h[-n:]
+            # (len - n, n) sliding windows over everything but the tail itself
+            windows = np.lib.stride_tricks.sliding_window_view(h[:-1], n)
+            hits = np.flatnonzero((windows == tail).all(axis=1))
+            if hits.size:
+                start = hits[-1] + n  # the latest occurrence
+                follow = h[start : start + self.length]
+                if follow.size:
+                    return [tuple(int(t) for t in follow)]
+        return []
+
+    def draft(self, root: int, streams: Optional[StreamTopK], history: Sequence[int]) -> Tree:
+        return Tree.from_paths(root, self.paths(history))
+
+
+@dataclass
+class MixedDrafter:
+    """The union of a stream tree and a prompt-lookup chain (shared prefixes merge)."""
+
+    streams: StreamDrafter = field(default_factory=StreamDrafter)
+    lookup: PromptLookupDrafter = field(default_factory=PromptLookupDrafter)
+
+    @property
+    def top_k(self) -> int:
+        return self.streams.top_k
+
+    def draft(self, root: int, streams: Optional[StreamTopK], history: Sequence[int]) -> Tree:
+        return Tree.from_paths(root, self.lookup.paths(history) + self.streams.paths(streams))
