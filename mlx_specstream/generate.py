@@ -14,7 +14,7 @@ from .decoder import (
     generate_step,
     speculative_generate_step,
 )
-from .drafters import Drafter, MixedDrafter, StreamDrafter
+from .drafters import Drafter, MixedDrafter, PromptLookupDrafter, StreamDrafter
 from .models.llama import Model
 from .sample_utils import SamplingArgs
 from .tree import TreeShape
@@ -129,6 +129,9 @@ def stream_generate(
         if prune_threshold is None:
             prune_threshold = model.streams.args.prune_threshold
         options = DecodeOptions(prune_threshold, stream_pass, prefill_step_size)
+        if drafter is None and not getattr(model, "has_streams", True):
+            # Untrained streams draft noise: verifying it costs more than it saves.
+            drafter = PromptLookupDrafter()
         if drafter is None:
             streams = StreamDrafter(tree or TreeShape())
             drafter = MixedDrafter(streams) if prompt_lookup else streams

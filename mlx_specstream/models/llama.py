@@ -172,6 +172,8 @@ class Model(nn.Module):
         self.streams = StreamParams(
             stream_args, args.hidden_size, args.layer_dims, args.num_hidden_layers
         )
+        # False when loaded without trained streams; decoding then drafts by lookup only.
+        self.has_streams = True
 
     @property
     def layers(self) -> List[TransformerBlock]:
