@@ -32,18 +32,23 @@ def _read_json(path: Path) -> Dict:
         raise ModelLoadError(f"{path}: invalid JSON ({e})") from None
 
 
-def load_config(path: Union[str, Path]) -> Dict:
-    """Read ``config.json`` and normalise it for ``ModelArgs``.
+def normalise_config(config: Dict) -> Dict:
+    """Fold transformers-5 ``rope_parameters`` into ``rope_theta`` / ``rope_scaling``.
 
-    transformers 5 writes ``rope_parameters`` instead of ``rope_theta`` /
-    ``rope_scaling``; fold it back.
+    Written this way, a config also loads in mlx-lm.
     """
-    config = _read_json(Path(path) / "config.json")
+    config = dict(config)
     rope = config.pop("rope_parameters", None)
     if rope:
         config.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
         if rope.get("rope_type", "default") != "default":
             config.setdefault("rope_scaling", rope)
+    return config
+
+
+def load_config(path: Union[str, Path]) -> Dict:
+    """Read ``config.json``, normalised (``normalise_config``) and checked."""
+    config = normalise_config(_read_json(Path(path) / "config.json"))
     if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
         raise ModelLoadError(
             f"{Path(path) / 'config.json'}: unsupported model_type "

@@ -1,0 +1,203 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""Tiny random Hugging Face checkpoints for tests (needs torch and transformers).
+
+``tiny_hf_llama(tmp_path)`` / ``tiny_hf_qwen2(tmp_path)`` save a random model and a
+small character-level tokenizer into ``tmp_path / <name>`` and return that path.
+``write_random_streams`` adds ``speculative_streaming.json`` + ``streams.safetensors``.
+"""
+
+import json
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+from mlx_specstream.format import (
+    STREAM_ADAPTER_MODULES,
+    STREAMS_FILE,
+    StreamArgs,
+    stream_tensor_shapes,
+)
+
+# Printable characters the tiny tokenizer knows; the rest of the vocab is merges.
+_ALPHABET = list("abcdefghijklmnopqrstuvwxyz0123456789 .,?!'") + ["\n"]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+LLAMA_DEFAULTS = dict(
+    vocab_size=96,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    tie_word_embeddings=False,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+QWEN2_DEFAULTS = dict(LLAMA_DEFAULTS, tie_word_embeddings=True, num_key_value_heads=2)
+
+
+def save_tiny_tokenizer(path: Path, vocab_size: int) -> None:
+    """Save a character BPE tokenizer with at most ``vocab_size`` tokens to ``path``."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: Dict[str, int] = {}
+    for tok in SPECIAL_TOKENS + _ALPHABET:
+        vocab[tok] = len(vocab)
+    merges = []
+    # Frequent English pairs, so encoding is not purely one char per token.
+    for pair in [
+        "th",
+        "he",
+        "in",
+        "er",
+        "an",
+        "re",
+        "on",
+        "at",
+        "en",
+        "nd",
+        "is",
+        "es",
+    ]:
+        if len(vocab) >= vocab_size:
+            break
+        merges.append((pair[0], pair[1]))
+        vocab[pair] = len(vocab)
+    if len(vocab) > vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} < tokenizer alphabet {len(vocab)}")
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None))
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(str(path))
+
+
+def _save_model(model_cls, config_cls, path: Path, params: Dict, seed: int) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    config = config_cls(**params)
+    model = model_cls(config).to(torch.float32).eval()
+    # Random init draws small weights (std 0.02): logits are nearly flat and argmax
+    # ties are likely; larger norms and biases make parity tests meaningful.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.1)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path))
+    save_tiny_tokenizer(path, params["vocab_size"])
+    return path
+
+
+def tiny_hf_llama(
+    tmp_path: Path, seed: int = 0, name: str = "llama", **overrides
+) -> Path:
+    """Save a random tiny ``LlamaForCausalLM`` (GQA, untied) and tokenizer.
+
+    Args:
+        tmp_path: parent directory; the model goes to ``tmp_path / name``.
+        seed: torch seed for the weights.
+        overrides: ``LlamaConfig`` fields replacing ``LLAMA_DEFAULTS``.
+
+    Returns:
+        The model directory.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    params = dict(LLAMA_DEFAULTS, **overrides)
+    return _save_model(
+        LlamaForCausalLM, LlamaConfig, Path(tmp_path) / name, params, seed
+    )
+
+
+def tiny_hf_qwen2(
+    tmp_path: Path, seed: int = 0, name: str = "qwen2", **overrides
+) -> Path:
+    """Save a random tiny ``Qwen2ForCausalLM`` (q/k/v bias, tied) and tokenizer.
+
+    Args:
+        tmp_path: parent directory; the model goes to ``tmp_path / name``.
+        seed: torch seed for the weights.
+        overrides: ``Qwen2Config`` fields replacing ``QWEN2_DEFAULTS``.
+
+    Returns:
+        The model directory.
+    """
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    params = dict(QWEN2_DEFAULTS, **overrides)
+    return _save_model(
+        Qwen2ForCausalLM, Qwen2Config, Path(tmp_path) / name, params, seed
+    )
+
+
+def write_random_streams(
+    model_dir: Path,
+    stream_args: Optional[StreamArgs] = None,
+    seed: int = 0,
+    scale: float = 0.1,
+) -> Dict[str, np.ndarray]:
+    """Write random nonzero stream tensors (every kind by default) beside a model.
+
+    Args:
+        model_dir: a directory written by ``tiny_hf_llama`` / ``tiny_hf_qwen2``.
+        stream_args: settings; default γ=3, Ns=2, all adapter ranks 4.
+        seed: numpy seed.
+        scale: standard deviation of the random values.
+
+    Returns:
+        The tensors written, by file name.
+    """
+    from safetensors.numpy import save_file
+
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    if stream_args is None:
+        stream_args = StreamArgs(
+            num_streams=3,
+            num_stream_layers=2,
+            stream_adapter_rank=4,
+            insertion_rank=4,
+            prune_rank=4,
+        )
+    h, f = config["hidden_size"], config["intermediate_size"]
+    hd = config.get("head_dim") or h // config["num_attention_heads"]
+    q_out = config["num_attention_heads"] * hd
+    kv_out = config["num_key_value_heads"] * hd
+    dims = dict(
+        zip(
+            STREAM_ADAPTER_MODULES,
+            [(h, q_out), (h, kv_out), (h, kv_out), (q_out, h), (h, f), (h, f), (f, h)],
+        )
+    )
+    shapes = stream_tensor_shapes(stream_args, h, dims, config["num_hidden_layers"])
+    rng = np.random.default_rng(seed)
+    tensors = {
+        k: (scale * rng.standard_normal(s)).astype(np.float32)
+        for k, s in shapes.items()
+    }
+    stream_args.save(model_dir)
+    save_file(tensors, str(model_dir / STREAMS_FILE))
+    return tensors
