@@ -13,4 +13,4 @@ if [ "$(uname)" = "Linux" ] && ! [ -e /usr/lib/x86_64-linux-gnu/openblas-pthread
 fi
 
 # Extras: convert/train pin torch==2.13.0 (a CPU build here; an open range may pull CUDA).
-python -m pip install -q -e ".[${MLX_SPECSTREAM_EXTRAS:-convert,train,bench,test}]"
+python -m pip install -q -e ".[${MLX_SPECSTREAM_EXTRAS:-convert,train,data,bench,test}]"
