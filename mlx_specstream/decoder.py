@@ -174,7 +174,8 @@ def speculative_generate_step(
             rows = Rows.tree(vtree.ancestor_mask, vtree.depths, offset, model.streams)
         h_split = h
         T = vtree.size
-        with_streams = options.stream_pass == "tree" and drafter.top_k > 0
+        heads = getattr(drafter, "candidates", None)  # drafters with their own heads
+        with_streams = options.stream_pass == "tree" and drafter.top_k > 0 and heads is None
         if with_streams:
             rows = rows.with_streams(list(range(T)))
             s = model.streams.insert_streams(h[0]).reshape(1, -1, h.shape[-1])
@@ -188,12 +189,18 @@ def speculative_generate_step(
         tokens = [vtree.tokens[n] for n in path[1:]] + [correction]
         history.extend(tokens)
         anchor = path[-1]
-        if with_streams:
+        streams = None
+        if heads is not None:  # e.g. Medusa: heads on the accepted node's final state
+            streams = heads(model.model.norm(h[0, anchor]))
+        elif with_streams:
             g = model.streams.args.num_streams
             h_streams = h[0, T + anchor * g : T + (anchor + 1) * g]
+            streams = _stream_topk(model, h_streams, drafter.top_k)
         elif drafter.top_k > 0:
-            h_streams = _streams_after_compaction(model, cache, h_split[0, anchor], offset + len(path) - 1)
-        streams = _stream_topk(model, h_streams, drafter.top_k) if drafter.top_k else None
+            h_streams = _streams_after_compaction(
+                model, cache, h_split[0, anchor], offset + len(path) - 1
+            )
+            streams = _stream_topk(model, h_streams, drafter.top_k)
         emitted += len(tokens)
         yield Step(tokens, tree.size, T, len(tokens) - 1)
         tree = drafter.draft(correction, streams, history)

@@ -25,7 +25,12 @@ class StreamTopK:
 
 
 class Drafter(Protocol):
-    top_k: int  # candidates per stream it needs (0: it does not read streams)
+    """Proposes the next tree. ``top_k``: candidates per stream it needs (0: the
+    streams are not run). A drafter with its own heads (Medusa) also defines
+    ``candidates(hidden (h,)) -> StreamTopK``, called on the accepted node's final
+    normalised hidden state instead of running the streams."""
+
+    top_k: int
 
     def draft(self, root: int, streams: Optional[StreamTopK], history: Sequence[int]) -> Tree:
         ...
