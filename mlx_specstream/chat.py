@@ -6,7 +6,7 @@ import sys
 
 import mlx.core as mx
 
-from .generate import add_decoding_args, decoding_kwargs, stream_generate
+from .generate import add_decoding_args, decoding_kwargs, ensure_calibrated, stream_generate
 
 
 def chat_loop(model, tokenizer, kwargs: dict, system: str = None, stats: bool = False) -> None:
@@ -53,6 +53,7 @@ def main(argv=None) -> None:
             mx.random.seed(args.seed)
         kwargs = decoding_kwargs(args)
         model, tokenizer = load(args.model)
+        ensure_calibrated(model, tokenizer, kwargs)
         if not tokenizer.chat_template:
             raise ValueError(f"{args.model}: the tokenizer has no chat template")
     except (ValueError, FileNotFoundError) as e:

@@ -111,7 +111,8 @@ def stream_generate(
         max_tokens: the exact maximum number of generated tokens.
         temp, top_p, top_k: sampling; ``temp=0`` is greedy.
         speculative: Speculative Streaming (True) or plain autoregressive decoding.
-        tree: draft tree shape (default: best-first, 16 nodes).
+        tree: draft tree shape (default: the budget calibrated for this device when
+            ``mlx-specstream calibrate`` has run, else best-first with 16 nodes).
         prune_threshold: early-exit pruning threshold (default: the model's setting).
         stream_pass: "tree" (streams for every node, one pass) or "accepted".
         drafter: replaces the stream drafter (prompt lookup, tests' oracles).
@@ -129,12 +130,9 @@ def stream_generate(
         if prune_threshold is None:
             prune_threshold = model.streams.args.prune_threshold
         options = DecodeOptions(prune_threshold, stream_pass, prefill_step_size)
-        if drafter is None and not getattr(model, "has_streams", True):
-            # Untrained streams draft noise: verifying it costs more than it saves.
-            drafter = PromptLookupDrafter()
-        if drafter is None:
-            streams = StreamDrafter(tree or TreeShape())
-            drafter = MixedDrafter(streams) if prompt_lookup else streams
+        drafter = _choose_drafter(model, tree, drafter, prompt_lookup)
+        speculative = drafter is not None
+    if speculative:
         steps = speculative_generate_step(ids, model, drafter, sampling, options, max_tokens)
     else:
         steps = (Step([t], 1, 1, 0) for t in generate_step(ids, model, sampling, prefill_step_size))
@@ -178,6 +176,23 @@ def stream_generate(
         )
         if finish:
             return
+
+
+def _choose_drafter(
+    model: Model, tree: Optional[TreeShape], drafter: Optional[Drafter], prompt_lookup: bool
+) -> Optional[Drafter]:
+    """The drafter of a speculative run; None where plain decoding is just as good."""
+    if drafter is not None:
+        return drafter
+    if not model.has_streams:
+        # Untrained streams draft noise: verifying it costs more than it saves.
+        return PromptLookupDrafter()
+    if tree is None and model.calibration is not None:
+        tree = TreeShape(budget=model.calibration.budget)
+    streams = StreamDrafter(tree or TreeShape())
+    if prompt_lookup:
+        return MixedDrafter(streams)
+    return streams if streams.shape.size > 1 else None  # one node: plain decoding
 
 
 def generate(
@@ -231,7 +246,10 @@ def add_decoding_args(parser) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-speculative", action="store_true", help="plain autoregressive decoding")
     parser.add_argument("--tree", choices=["best_first", "cartesian"], default="best_first")
-    parser.add_argument("--tree-budget", type=int, default=None, help="nodes of a best-first tree")
+    parser.add_argument(
+        "--tree-budget", type=int, default=None,
+        help="nodes of a best-first tree (default: calibrated for this device on first use)",
+    )
     parser.add_argument("--branching", default="2,2,1,1", help="per-depth top-k of a Cartesian tree")
     parser.add_argument("--prune-threshold", type=float, default=None)
     parser.add_argument("--stream-pass", choices=["tree", "accepted"], default="tree")
@@ -241,26 +259,45 @@ def add_decoding_args(parser) -> None:
 
 def decoding_kwargs(args) -> dict:
     """``stream_generate`` keyword arguments from parsed flags."""
-    budget = args.tree_budget if args.tree_budget is not None else TreeShape().budget
     branching = tuple(int(k) for k in args.branching.split(","))
+    if args.tree == "best_first" and args.tree_budget is None:
+        tree = None  # the calibrated budget
+    else:
+        tree = TreeShape(args.tree, branching, args.tree_budget or TreeShape().budget)
     return dict(
         max_tokens=args.max_tokens,
         temp=args.temp,
         top_p=args.top_p,
         top_k=args.top_k,
         speculative=not args.no_speculative,
-        tree=TreeShape(args.tree, branching, budget),
+        tree=tree,
         prune_threshold=args.prune_threshold,
         stream_pass=args.stream_pass,
         prompt_lookup=args.prompt_lookup,
     )
 
 
+def ensure_calibrated(model: Model, tokenizer: TokenizerWrapper, kwargs: dict) -> None:
+    """Calibrate the tree budget on first use (CLI and demos), when it will be used."""
+    if model.calibration is not None or not model.has_streams:
+        return
+    if not kwargs.get("speculative", True) or kwargs.get("tree") is not None:
+        return
+    import sys
+
+    from .calibrate import calibrate, save_calibration
+
+    print("Calibrating the draft tree for this device (once, about a minute) ...", file=sys.stderr)
+    model.calibration = calibrate(model, tokenizer)
+    save_calibration(model.path, model.calibration)
+    print(f"Tree budget: {model.calibration.budget} nodes", file=sys.stderr)
+
+
 def main(argv=None) -> None:
     import argparse
     import sys
 
-    from .utils import ModelLoadError, load
+    from .utils import load
 
     parser = argparse.ArgumentParser(prog="mlx-specstream generate", description="Generate text.")
     add_decoding_args(parser)
@@ -273,6 +310,7 @@ def main(argv=None) -> None:
             mx.random.seed(args.seed)
         kwargs = decoding_kwargs(args)
         model, tokenizer = load(args.model)
+        ensure_calibrated(model, tokenizer, kwargs)
         prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
         if not args.ignore_chat_template:
             prompt = apply_chat_template(tokenizer, prompt, args.system_prompt)

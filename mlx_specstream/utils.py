@@ -177,8 +177,13 @@ def load(
     """
     from .registry import resolve
 
+    from .calibrate import load_calibration
+
     path = resolve(path_or_name)
     model = load_model(path, lazy=lazy)
+    model.path = path
+    # The tree budget measured on this device by `mlx-specstream calibrate`, if any.
+    model.calibration = load_calibration(path)
     tokenizer = load_tokenizer(path, tokenizer_config or {}, eos_token_ids=_eos_ids(path))
     return model, tokenizer
 

@@ -174,6 +174,7 @@ class Model(nn.Module):
         )
         # False when loaded without trained streams; decoding then drafts by lookup only.
         self.has_streams = True
+        self.calibration = None  # set by utils.load from the per-device cache
 
     @property
     def layers(self) -> List[TransformerBlock]:
