@@ -1,0 +1,239 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""``mlx-specstream bench``: decoding methods side by side on the same prompts.
+
+Methods run interleaved, prompt by prompt, in one process on the same weights, so
+machine noise hits them alike. Each method's greedy output is checked against plain
+decoding. Writes ``bench.json``, ``bench.md`` and ``bench.png`` to ``--out``.
+"""
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import mlx.core as mx
+
+from .drafters import MixedDrafter, PromptLookupDrafter, StreamDrafter
+from .generate import apply_chat_template, encode_prompt, stream_generate
+from .tree import TreeShape
+
+CHAT_PROMPTS = [
+    "What is the capital of France?",
+    "Give me three tips for learning a new language.",
+    "Explain what a hash table is in two sentences.",
+    "Write a haiku about autumn.",
+]
+
+
+@dataclass
+class Result:
+    tokens: int = 0
+    seconds: float = 0.0  # decode time after the first token
+    passes: int = 0
+    ttft: List[float] = field(default_factory=list)
+    depth_hist: Dict[int, int] = field(default_factory=dict)  # accepted drafts per pass
+    identical: int = 0
+    runs: int = 0
+    peak_gb: float = 0.0
+
+    def summary(self, baseline_tps: Optional[float]) -> Dict:
+        tps = self.tokens / self.seconds if self.seconds else 0.0
+        n = sum(self.depth_hist.values()) or 1
+        return {
+            "tokens_per_s": tps,
+            "ratio_to_mlx_lm": tps / baseline_tps if baseline_tps else None,
+            "tokens_per_pass": (self.tokens + len(self.ttft)) / max(1, self.passes),
+            # P(a pass accepts at least d drafts), d = 1..4
+            "acceptance_by_depth": [
+                sum(v for k, v in self.depth_hist.items() if k >= d) / n for d in range(1, 5)
+            ],
+            "ttft_s": sum(self.ttft) / max(1, len(self.ttft)),
+            "peak_memory_gb": self.peak_gb,
+            "identical_to_plain": f"{self.identical}/{self.runs}",
+        }
+
+
+def load_prompts(data: Optional[str], per_task: int) -> List[tuple]:
+    """(task, prompt) pairs: held-out test splits of ``data`` plus chat prompts."""
+    prompts = [("chat", p) for p in CHAT_PROMPTS]
+    if data:
+        for f in sorted(Path(data).glob("*_test.jsonl")):
+            rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+            prompts += [(f.stem[: -len("_test")], r["prompt"]) for r in rows[:per_task]]
+    return prompts
+
+
+def _ours(model, tokenizer, ids, max_tokens, **kw) -> tuple:
+    """Tokens, time to first token, decode seconds, passes, accepted per pass."""
+    tic = time.perf_counter()
+    out, acc, first, last = [], [], None, None
+    for last in stream_generate(model, tokenizer, ids, max_tokens=max_tokens, **kw):
+        if first is None:
+            first = time.perf_counter()
+        else:
+            acc.append(last.accepted)
+        out += last.tokens
+    return out, first - tic, time.perf_counter() - first, last.forward_calls, acc
+
+
+def _mlx_lm(model, tokenizer, ids, max_tokens) -> tuple:
+    import mlx_lm
+
+    tic = time.perf_counter()
+    out, first = [], None
+    for r in mlx_lm.stream_generate(model, tokenizer, ids, max_tokens=max_tokens):
+        if first is None:
+            first = time.perf_counter()
+        if r.finish_reason == "stop" and r.token in tokenizer.eos_token_ids:
+            break
+        out.append(r.token)
+    return out, first - tic, time.perf_counter() - first, len(out) + 1, []
+
+
+def make_methods(model, args) -> Dict[str, Callable]:
+    """Method name -> ``f(ids) -> (tokens, ttft, seconds, passes, accepted)``."""
+    import mlx_lm
+
+    theirs, their_tok = mlx_lm.load(str(model.path))
+    tok = args.tokenizer
+    budget = model.calibration.budget if model.calibration else TreeShape().budget
+    ss = {
+        "ss_cartesian": dict(drafter=StreamDrafter(TreeShape("cartesian", (2, 2, 1, 1)))),
+        "ss_best_first": dict(drafter=StreamDrafter(TreeShape(budget=16))),
+        "ss_pruned": dict(drafter=StreamDrafter(TreeShape(budget=16)),
+                          prune_threshold=args.prune_threshold),
+        f"ss_calibrated_{budget}": dict(drafter=StreamDrafter(TreeShape(budget=budget))),
+        "ss_plus_lookup": dict(drafter=MixedDrafter(StreamDrafter(TreeShape(budget=budget)))),
+        "prompt_lookup": dict(drafter=PromptLookupDrafter()),
+    }
+    methods = {
+        "mlx_lm": lambda ids: _mlx_lm(theirs, their_tok, ids, args.max_tokens),
+        "ours_plain": lambda ids: _ours(model, tok, ids, args.max_tokens, speculative=False),
+    }
+    for name, kw in ss.items():
+        methods[name] = lambda ids, kw=kw: _ours(model, tok, ids, args.max_tokens, **kw)
+    if args.medusa:
+        from .medusa import MedusaDrafter, load_medusa
+
+        heads = load_medusa(args.medusa)
+        drafter = MedusaDrafter(heads, TreeShape(budget=budget))
+        methods["medusa"] = lambda ids: _ours(model, tok, ids, args.max_tokens, drafter=drafter)
+    return {k: v for k, v in methods.items() if not args.methods or k in args.methods}
+
+
+def run(model, tokenizer, args) -> Dict:
+    args.tokenizer = tokenizer
+    methods = make_methods(model, args)
+    results = {name: Result() for name in methods}
+    prompts = load_prompts(args.data, args.per_task)
+    by_task: Dict[str, Dict[str, Result]] = {}
+    for i, (task, prompt) in enumerate(prompts):
+        ids = encode_prompt(tokenizer, apply_chat_template(tokenizer, prompt))
+        names = list(methods)
+        names = names[i % len(names):] + names[: i % len(names)]  # rotate the order
+        outputs = {}
+        for name in names:
+            mx.reset_peak_memory()
+            out, ttft, secs, passes, acc = methods[name](ids)
+            outputs[name] = out
+            for r in (results[name], by_task.setdefault(task, {}).setdefault(name, Result())):
+                r.tokens += len(out) - 1 if out else 0
+                r.seconds += secs
+                r.passes += passes
+                r.ttft.append(ttft)
+                for a in acc:
+                    r.depth_hist[a] = r.depth_hist.get(a, 0) + 1
+                r.peak_gb = max(r.peak_gb, mx.get_peak_memory() / 1e9)
+        for name, out in outputs.items():
+            for r in (results[name], by_task[task][name]):
+                r.runs += 1
+                r.identical += out == outputs["ours_plain"] if "ours_plain" in outputs else 0
+        print(f"[{i + 1}/{len(prompts)}] {task}: " + ", ".join(
+            f"{n} {len(outputs[n])}" for n in methods), file=sys.stderr)
+    base = results["mlx_lm"].tokens / results["mlx_lm"].seconds if "mlx_lm" in results else None
+    report = {name: r.summary(base) for name, r in results.items()}
+    tasks = {}
+    for task, rs in by_task.items():
+        tb = rs["mlx_lm"].tokens / rs["mlx_lm"].seconds if "mlx_lm" in rs else None
+        tasks[task] = {name: r.summary(tb) for name, r in rs.items()}
+    return {"methods": report, "by_task": tasks}
+
+
+def extra_parameters(model, args) -> Dict[str, int]:
+    out = {"streams": model.streams.num_parameters()}
+    if args.medusa:
+        from mlx.utils import tree_flatten
+
+        from .medusa import load_medusa
+
+        out["medusa"] = sum(v.size for _, v in tree_flatten(load_medusa(args.medusa).parameters()))
+    return out
+
+
+def write_report(report: Dict, out: Path, header: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    lines = [header, "", "| method | tokens/s | vs mlx_lm | tokens/pass | accept ≥1/≥2/≥3/≥4 | "
+             "TTFT s | peak GB | same as plain |", "|---|---|---|---|---|---|---|---|"]
+    for name, m in report["methods"].items():
+        acc = "/".join(f"{a:.2f}" for a in m["acceptance_by_depth"])
+        ratio = f"{m['ratio_to_mlx_lm']:.2f}x" if m["ratio_to_mlx_lm"] else "-"
+        lines.append(f"| {name} | {m['tokens_per_s']:.2f} | {ratio} | {m['tokens_per_pass']:.2f} | "
+                     f"{acc} | {m['ttft_s']:.2f} | {m['peak_memory_gb']:.3f} | {m['identical_to_plain']} |")
+    lines += ["", "Tokens per pass by task:", "",
+              "| task | " + " | ".join(report["methods"]) + " |",
+              "|---|" + "---|" * len(report["methods"])]
+    for task, ms in report["by_task"].items():
+        lines.append(f"| {task} | " + " | ".join(f"{ms[n]['tokens_per_pass']:.2f}" for n in ms) + " |")
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+    _plot(report, out / "bench.png")
+
+
+def _plot(report: Dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    names = list(report["methods"])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.barh(names, [report["methods"][n]["tokens_per_s"] for n in names])
+    a.set_xlabel("tokens/s")
+    b.barh(names, [report["methods"][n]["tokens_per_pass"] for n in names], color="tab:orange")
+    b.set_xlabel("tokens per forward pass")
+    b.set_yticklabels([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv=None) -> None:
+    from .blas import active_blas
+    from .calibrate import device_key
+    from .utils import load
+
+    p = argparse.ArgumentParser(prog="mlx-specstream bench", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--data", default=None, help="directory with {task}_test.jsonl files")
+    p.add_argument("--per-task", type=int, default=3)
+    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--prune-threshold", type=float, default=0.01)
+    p.add_argument("--medusa", default=None, help="directory with medusa heads")
+    p.add_argument("--methods", nargs="*", default=None)
+    p.add_argument("--out", default="bench")
+    args = p.parse_args(argv)
+    try:
+        model, tokenizer = load(args.model)
+        header = (f"Machine: {device_key()}; BLAS: {active_blas()}; model: {args.model}; "
+                  f"max_tokens {args.max_tokens}; greedy; extra parameters: {extra_parameters(model, args)}")
+        print(header, file=sys.stderr)
+        report = run(model, tokenizer, args)
+        report["header"] = header
+        write_report(report, Path(args.out), header)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    print((Path(args.out) / "bench.md").read_text())

@@ -1,0 +1,32 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""The benchmark runs every method on the same prompts and checks them against plain."""
+
+import argparse
+import json
+
+from mlx_specstream.bench import run, write_report
+from mlx_specstream.utils import load, save_model
+
+from conftest import tiny_config, tiny_hf_tokenizer, tiny_model
+
+
+def test_bench_methods_agree_with_plain_and_mlx_lm(tmp_path):
+    save_model(tiny_model(0), tiny_config(), tmp_path / "m")
+    tiny_hf_tokenizer().save_pretrained(tmp_path / "m")
+    model, tokenizer = load(tmp_path / "m")
+    tokenizer.eos_token_ids = []
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sql_test.jsonl").write_text(json.dumps({"prompt": "t5 t6 t7 t5 t6"}) + "\n")
+    args = argparse.Namespace(data=str(data), per_task=1, max_tokens=12, prune_threshold=0.05,
+                              medusa=None, methods=None)
+    report = run(model, tokenizer, args)
+    methods = report["methods"]
+    assert {"mlx_lm", "ours_plain", "ss_best_first", "prompt_lookup"} <= set(methods)
+    for name, m in methods.items():
+        assert m["identical_to_plain"] == "5/5", name  # 4 chat prompts + 1 sql
+    assert methods["ours_plain"]["tokens_per_pass"] == 1.0
+    assert set(report["by_task"]) == {"chat", "sql"}
+    write_report(report, tmp_path / "out", "header")
+    assert (tmp_path / "out" / "bench.md").read_text().startswith("header")
+    assert (tmp_path / "out" / "bench.png").stat().st_size > 0
