@@ -71,14 +71,18 @@ def verify_costs(model, sizes, prefix: int, reps: int) -> dict:
     out = {}
     for T in sizes:
         tokens = rng.integers(1, 1000, (g, T)).astype(np.int64)
-        logprobs = -np.sort(rng.random((g, T)), axis=1)[:, ::-1] * 0 - np.arange(T) * 0.3
+        logprobs = (
+            -np.sort(rng.random((g, T)), axis=1)[:, ::-1] * 0 - np.arange(T) * 0.3
+        )
         tree = Tree.from_paths(1, best_first_paths(tokens, logprobs, T))
         times = {"plain_rows": [], "with_streams": []}
         for _ in range(reps + 1):
             for kind in times:
                 tic = time.perf_counter()
                 rows = Rows.tree(tree.ancestor_mask, tree.depths, prefix, model.streams)
-                h = model.run_layers(model.embed(mx.array(tree.tokens)), rows, cache, 0, model.split)
+                h = model.run_layers(
+                    model.embed(mx.array(tree.tokens)), rows, cache, 0, model.split
+                )
                 if kind == "with_streams":
                     rows = rows.with_streams(list(range(tree.size)))
                     s = model.streams.insert_streams(h[0]).reshape(1, -1, h.shape[-1])
@@ -125,29 +129,48 @@ def main():
         return generate_step(ids, ours)
 
     def theirs_fn(ids):
-        return (r.token for r in mlx_lm.stream_generate(theirs, tok, ids, max_tokens=10**6))
+        return (
+            r.token for r in mlx_lm.stream_generate(theirs, tok, ids, max_tokens=10**6)
+        )
 
     res = {"ours_plain": [], "mlx_lm": []}
     for r in range(args.rounds):
         for name, fn in (("mlx_lm", theirs_fn), ("ours_plain", ours_fn)):
             res[name].append(plain_tps(fn, prompt, args.tokens))
-        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.2f} tok/s" for k, v in res.items()))
+        print(
+            f"round {r}: " + ", ".join(f"{k} {v[-1]:.2f} tok/s" for k, v in res.items())
+        )
     med = {k: statistics.median(v) for k, v in res.items()}
-    print(f"plain decode (median of {args.rounds}): ours {med['ours_plain']:.2f} tok/s, "
-          f"mlx_lm {med['mlx_lm']:.2f} tok/s, ratio {med['ours_plain'] / med['mlx_lm']:.3f}")
+    print(
+        f"plain decode (median of {args.rounds}): ours {med['ours_plain']:.2f} tok/s, "
+        f"mlx_lm {med['mlx_lm']:.2f} tok/s, ratio {med['ours_plain'] / med['mlx_lm']:.3f}"
+    )
 
     sizes = [int(s) for s in args.sizes.split(",")]
     costs = verify_costs(ours, sizes, args.prompt_len, args.reps)
     base = costs[sizes[0]]["plain_rows"]
-    print(f"\nverify pass cost, {args.prompt_len}-token prefix, relative to T=1 ({base * 1e3:.1f} ms):")
+    print(
+        f"\nverify pass cost, {args.prompt_len}-token prefix, relative to T=1 ({base * 1e3:.1f} ms):"
+    )
     print("| T | main rows only | + 4 streams per node in top 8 layers |")
     print("|---|---|---|")
     for T in sizes:
         c = costs[T]
-        print(f"| {T} | {c['plain_rows'] / base:.2f}x | {c['with_streams'] / base:.2f}x |")
+        print(
+            f"| {T} | {c['plain_rows'] / base:.2f}x | {c['with_streams'] / base:.2f}x |"
+        )
     if args.out:
-        Path(args.out).write_text(json.dumps({"blas": active_blas(), "plain_tps": res, "median": med,
-                                              "verify_seconds": costs}, indent=2))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "blas": active_blas(),
+                    "plain_tps": res,
+                    "median": med,
+                    "verify_seconds": costs,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

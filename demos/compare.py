@@ -26,8 +26,9 @@ def run(model, tokenizer, prompt, speculative, max_tokens):
     from mlx_specstream import stream_generate
 
     text, last = "", None
-    for last in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens,
-                                speculative=speculative):
+    for last in stream_generate(
+        model, tokenizer, prompt, max_tokens=max_tokens, speculative=speculative
+    ):
         text += last.text
     return text, last
 
@@ -56,11 +57,15 @@ def main():
         same = plain == spec
         same_all &= same
         print(f"### {prompt}\n{spec.strip()}\n")
-        print(f"  plain decoding:        {rp.generation_tps:6.2f} tokens/s, "
-              f"{rp.tokens_per_pass:.2f} tokens per forward pass")
-        print(f"  Speculative Streaming: {rs.generation_tps:6.2f} tokens/s, "
-              f"{rs.tokens_per_pass:.2f} tokens per forward pass "
-              f"({rs.generation_tps / max(rp.generation_tps, 1e-9):.2f}x)")
+        print(
+            f"  plain decoding:        {rp.generation_tps:6.2f} tokens/s, "
+            f"{rp.tokens_per_pass:.2f} tokens per forward pass"
+        )
+        print(
+            f"  Speculative Streaming: {rs.generation_tps:6.2f} tokens/s, "
+            f"{rs.tokens_per_pass:.2f} tokens per forward pass "
+            f"({rs.generation_tps / max(rp.generation_tps, 1e-9):.2f}x)"
+        )
         print(f"  identical text: {'yes' if same else 'NO'}\n")
     sys.exit(0 if same_all else 1)
 

@@ -1,7 +1,7 @@
 # Copyright © 2026 mlx-specstream authors. Apache-2.0.
 """Completion demo: stream a continuation of raw text (no chat template).
 
-    python demos/complete.py --prompt "The three primary colours are"
+python demos/complete.py --prompt "The three primary colours are"
 """
 
 import argparse

@@ -48,7 +48,8 @@ class Result:
             "tokens_per_pass": (self.tokens + len(self.ttft)) / max(1, self.passes),
             # P(a pass accepts at least d drafts), d = 1..4
             "acceptance_by_depth": [
-                sum(v for k, v in self.depth_hist.items() if k >= d) / n for d in range(1, 5)
+                sum(v for k, v in self.depth_hist.items() if k >= d) / n
+                for d in range(1, 5)
             ],
             "ttft_s": sum(self.ttft) / max(1, len(self.ttft)),
             "peak_memory_gb": self.peak_gb,
@@ -61,7 +62,9 @@ def load_prompts(data: Optional[str], per_task: int) -> List[tuple]:
     prompts = [("chat", p) for p in CHAT_PROMPTS]
     if data:
         for f in sorted(Path(data).glob("*_test.jsonl")):
-            rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+            rows = [
+                json.loads(line) for line in f.read_text().splitlines() if line.strip()
+            ]
             prompts += [(f.stem[: -len("_test")], r["prompt"]) for r in rows[:per_task]]
     return prompts
 
@@ -101,17 +104,27 @@ def make_methods(model, args) -> Dict[str, Callable]:
     tok = args.tokenizer
     budget = model.calibration.budget if model.calibration else TreeShape().budget
     ss = {
-        "ss_cartesian": dict(drafter=StreamDrafter(TreeShape("cartesian", (2, 2, 1, 1)))),
+        "ss_cartesian": dict(
+            drafter=StreamDrafter(TreeShape("cartesian", (2, 2, 1, 1)))
+        ),
         "ss_best_first": dict(drafter=StreamDrafter(TreeShape(budget=16))),
-        "ss_pruned": dict(drafter=StreamDrafter(TreeShape(budget=16)),
-                          prune_threshold=args.prune_threshold),
-        f"ss_calibrated_{budget}": dict(drafter=StreamDrafter(TreeShape(budget=budget))),
-        "ss_plus_lookup": dict(drafter=MixedDrafter(StreamDrafter(TreeShape(budget=budget)))),
+        "ss_pruned": dict(
+            drafter=StreamDrafter(TreeShape(budget=16)),
+            prune_threshold=args.prune_threshold,
+        ),
+        f"ss_calibrated_{budget}": dict(
+            drafter=StreamDrafter(TreeShape(budget=budget))
+        ),
+        "ss_plus_lookup": dict(
+            drafter=MixedDrafter(StreamDrafter(TreeShape(budget=budget)))
+        ),
         "prompt_lookup": dict(drafter=PromptLookupDrafter()),
     }
     methods = {
         "mlx_lm": lambda ids: _mlx_lm(theirs, their_tok, ids, args.max_tokens),
-        "ours_plain": lambda ids: _ours(model, tok, ids, args.max_tokens, speculative=False),
+        "ours_plain": lambda ids: _ours(
+            model, tok, ids, args.max_tokens, speculative=False
+        ),
     }
     for name, kw in ss.items():
         methods[name] = lambda ids, kw=kw: _ours(model, tok, ids, args.max_tokens, **kw)
@@ -120,7 +133,9 @@ def make_methods(model, args) -> Dict[str, Callable]:
 
         heads = load_medusa(args.medusa)
         drafter = MedusaDrafter(heads, TreeShape(budget=budget))
-        methods["medusa"] = lambda ids: _ours(model, tok, ids, args.max_tokens, drafter=drafter)
+        methods["medusa"] = lambda ids: _ours(
+            model, tok, ids, args.max_tokens, drafter=drafter
+        )
     return {k: v for k, v in methods.items() if not args.methods or k in args.methods}
 
 
@@ -133,13 +148,16 @@ def run(model, tokenizer, args) -> Dict:
     for i, (task, prompt) in enumerate(prompts):
         ids = encode_prompt(tokenizer, apply_chat_template(tokenizer, prompt))
         names = list(methods)
-        names = names[i % len(names):] + names[: i % len(names)]  # rotate the order
+        names = names[i % len(names) :] + names[: i % len(names)]  # rotate the order
         outputs = {}
         for name in names:
             mx.reset_peak_memory()
             out, ttft, secs, passes, acc = methods[name](ids)
             outputs[name] = out
-            for r in (results[name], by_task.setdefault(task, {}).setdefault(name, Result())):
+            for r in (
+                results[name],
+                by_task.setdefault(task, {}).setdefault(name, Result()),
+            ):
                 r.tokens += len(out) - 1 if out else 0
                 r.seconds += secs
                 r.passes += passes
@@ -150,10 +168,19 @@ def run(model, tokenizer, args) -> Dict:
         for name, out in outputs.items():
             for r in (results[name], by_task[task][name]):
                 r.runs += 1
-                r.identical += out == outputs["ours_plain"] if "ours_plain" in outputs else 0
-        print(f"[{i + 1}/{len(prompts)}] {task}: " + ", ".join(
-            f"{n} {len(outputs[n])}" for n in methods), file=sys.stderr)
-    base = results["mlx_lm"].tokens / results["mlx_lm"].seconds if "mlx_lm" in results else None
+                r.identical += (
+                    out == outputs["ours_plain"] if "ours_plain" in outputs else 0
+                )
+        print(
+            f"[{i + 1}/{len(prompts)}] {task}: "
+            + ", ".join(f"{n} {len(outputs[n])}" for n in methods),
+            file=sys.stderr,
+        )
+    base = (
+        results["mlx_lm"].tokens / results["mlx_lm"].seconds
+        if "mlx_lm" in results
+        else None
+    )
     report = {name: r.summary(base) for name, r in results.items()}
     tasks = {}
     for task, rs in by_task.items():
@@ -169,25 +196,42 @@ def extra_parameters(model, args) -> Dict[str, int]:
 
         from .medusa import load_medusa
 
-        out["medusa"] = sum(v.size for _, v in tree_flatten(load_medusa(args.medusa).parameters()))
+        out["medusa"] = sum(
+            v.size for _, v in tree_flatten(load_medusa(args.medusa).parameters())
+        )
     return out
 
 
 def write_report(report: Dict, out: Path, header: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
-    lines = [header, "", "| method | tokens/s | vs mlx_lm | tokens/pass | accept ≥1/≥2/≥3/≥4 | "
-             "TTFT s | peak GB | same as plain |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        header,
+        "",
+        "| method | tokens/s | vs mlx_lm | tokens/pass | accept ≥1/≥2/≥3/≥4 | "
+        "TTFT s | peak GB | same as plain |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, m in report["methods"].items():
         acc = "/".join(f"{a:.2f}" for a in m["acceptance_by_depth"])
         ratio = f"{m['ratio_to_mlx_lm']:.2f}x" if m["ratio_to_mlx_lm"] else "-"
-        lines.append(f"| {name} | {m['tokens_per_s']:.2f} | {ratio} | {m['tokens_per_pass']:.2f} | "
-                     f"{acc} | {m['ttft_s']:.2f} | {m['peak_memory_gb']:.3f} | {m['identical_to_plain']} |")
-    lines += ["", "Tokens per pass by task:", "",
-              "| task | " + " | ".join(report["methods"]) + " |",
-              "|---|" + "---|" * len(report["methods"])]
+        lines.append(
+            f"| {name} | {m['tokens_per_s']:.2f} | {ratio} | {m['tokens_per_pass']:.2f} | "
+            f"{acc} | {m['ttft_s']:.2f} | {m['peak_memory_gb']:.3f} | {m['identical_to_plain']} |"
+        )
+    lines += [
+        "",
+        "Tokens per pass by task:",
+        "",
+        "| task | " + " | ".join(report["methods"]) + " |",
+        "|---|" + "---|" * len(report["methods"]),
+    ]
     for task, ms in report["by_task"].items():
-        lines.append(f"| {task} | " + " | ".join(f"{ms[n]['tokens_per_pass']:.2f}" for n in ms) + " |")
+        lines.append(
+            f"| {task} | "
+            + " | ".join(f"{ms[n]['tokens_per_pass']:.2f}" for n in ms)
+            + " |"
+        )
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     _plot(report, out / "bench.png")
 
@@ -204,7 +248,11 @@ def _plot(report: Dict, path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.barh(names, [report["methods"][n]["tokens_per_s"] for n in names])
     a.set_xlabel("tokens/s")
-    b.barh(names, [report["methods"][n]["tokens_per_pass"] for n in names], color="tab:orange")
+    b.barh(
+        names,
+        [report["methods"][n]["tokens_per_pass"] for n in names],
+        color="tab:orange",
+    )
     b.set_xlabel("tokens per forward pass")
     b.set_yticklabels([])
     fig.tight_layout()
@@ -216,9 +264,13 @@ def main(argv=None) -> None:
     from .calibrate import device_key
     from .utils import load
 
-    p = argparse.ArgumentParser(prog="mlx-specstream bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="mlx-specstream bench", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--data", default=None, help="directory with {task}_test.jsonl files")
+    p.add_argument(
+        "--data", default=None, help="directory with {task}_test.jsonl files"
+    )
     p.add_argument("--per-task", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--prune-threshold", type=float, default=0.01)
@@ -228,8 +280,10 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     try:
         model, tokenizer = load(args.model)
-        header = (f"Machine: {device_key()}; BLAS: {active_blas()}; model: {args.model}; "
-                  f"max_tokens {args.max_tokens}; greedy; extra parameters: {extra_parameters(model, args)}")
+        header = (
+            f"Machine: {device_key()}; BLAS: {active_blas()}; model: {args.model}; "
+            f"max_tokens {args.max_tokens}; greedy; extra parameters: {extra_parameters(model, args)}"
+        )
         print(header, file=sys.stderr)
         report = run(model, tokenizer, args)
         report["header"] = header

@@ -34,7 +34,11 @@ def _loaded_libraries() -> List[str]:
 def _openblas_loaded() -> List[str]:
     # numpy's wheel maps its own libscipy_openblas64_ (suffixed 64-bit symbols that
     # libmlx cannot use): only a plain libopenblas serves MLX.
-    return [lib for lib in _loaded_libraries() if os.path.basename(lib).startswith("libopenblas")]
+    return [
+        lib
+        for lib in _loaded_libraries()
+        if os.path.basename(lib).startswith("libopenblas")
+    ]
 
 
 def active_blas() -> str:

@@ -67,11 +67,15 @@ def device_key() -> str:
     return f"{platform.machine()}|{platform.processor() or platform.system()}|{mx.default_device()}|{active_blas().split(' (')[0]}"
 
 
-def measure_costs(model: Model, sizes: Sequence[int], prefix: int = 128, reps: int = 3) -> Dict[int, float]:
+def measure_costs(
+    model: Model, sizes: Sequence[int], prefix: int = 128, reps: int = 3
+) -> Dict[int, float]:
     """Median seconds of a verify pass over a best-first tree of each size."""
     rng = np.random.default_rng(0)
     cache = make_cache(model)
-    prefill(model, rng.integers(1, model.args.vocab_size, prefix + 1).tolist(), cache, 512)
+    prefill(
+        model, rng.integers(1, model.args.vocab_size, prefix + 1).tolist(), cache, 512
+    )
     g = model.streams.args.num_streams
     out: Dict[int, List[float]] = {T: [] for T in sizes}
     for r in range(reps + 1):  # round 0 warms up
@@ -89,9 +93,13 @@ def measure_costs(model: Model, sizes: Sequence[int], prefix: int = 128, reps: i
     return {T: statistics.median(v) for T, v in out.items()}
 
 
-def _verify_pass(model: Model, cache: list, tree: Tree, prefix: int, streams: bool) -> None:
+def _verify_pass(
+    model: Model, cache: list, tree: Tree, prefix: int, streams: bool
+) -> None:
     rows = Rows.tree(tree.ancestor_mask, tree.depths, prefix, model.streams)
-    h = model.run_layers(model.embed(mx.array(tree.tokens)), rows, cache, 0, model.split)
+    h = model.run_layers(
+        model.embed(mx.array(tree.tokens)), rows, cache, 0, model.split
+    )
     if streams:
         rows = rows.with_streams(list(range(tree.size)))
         s = model.streams.insert_streams(h[0]).reshape(1, -1, h.shape[-1])
@@ -110,7 +118,9 @@ def stream_candidates(model: Model, tokens: Sequence[int], k: int) -> StreamTopK
     return StreamTopK(np.array(idx), np.array(mx.take_along_axis(lp, idx, axis=-1)))
 
 
-def replay(cands: StreamTopK, seq: Sequence[int], start: int, shape: TreeShape) -> tuple:
+def replay(
+    cands: StreamTopK, seq: Sequence[int], start: int, shape: TreeShape
+) -> tuple:
     """Passes and tokens greedy Speculative Streaming needs for ``seq[start:]``.
 
     The root of each tree is the last emitted token at position r; its drafts come
@@ -168,8 +178,10 @@ def calibrate(
     cal = Calibration(best, device_key(), rel, tpp, base)
     if verbose:
         for T in budgets:
-            print(f"  T={T:3d}: cost {rel[T]:.2f}x, {tpp[T]:.2f} tokens/pass, "
-                  f"expected {tpp[T] / rel[T]:.2f}x plain")
+            print(
+                f"  T={T:3d}: cost {rel[T]:.2f}x, {tpp[T]:.2f} tokens/pass, "
+                f"expected {tpp[T] / rel[T]:.2f}x plain"
+            )
     return cal
 
 
@@ -182,7 +194,9 @@ def cache_file(model_path: Path) -> Path:
         if f.exists():
             h.update(f.read_bytes())
     if (Path(model_path) / "streams.safetensors").exists():
-        h.update(str((Path(model_path) / "streams.safetensors").stat().st_mtime_ns).encode())
+        h.update(
+            str((Path(model_path) / "streams.safetensors").stat().st_mtime_ns).encode()
+        )
     h.update(device_key().encode())
     return cache_root().parent / "calibration" / f"{h.hexdigest()[:16]}.json"
 
@@ -193,7 +207,13 @@ def load_calibration(model_path: Path) -> Optional[Calibration]:
         return None
     d = json.loads(f.read_text())
     to_int = lambda m: {int(k): v for k, v in m.items()}  # noqa: E731
-    return Calibration(d["budget"], d["device"], to_int(d["costs"]), to_int(d["tokens_per_pass"]), d["step_seconds"])
+    return Calibration(
+        d["budget"],
+        d["device"],
+        to_int(d["costs"]),
+        to_int(d["tokens_per_pass"]),
+        d["step_seconds"],
+    )
 
 
 def save_calibration(model_path: Path, cal: Calibration) -> Path:
@@ -212,7 +232,9 @@ def main(argv=None) -> None:
     from .registry import resolve
     from .utils import load
 
-    p = argparse.ArgumentParser(prog="mlx-specstream calibrate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="mlx-specstream calibrate", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)))
     p.add_argument("--max-tokens", type=int, default=64)
@@ -224,8 +246,12 @@ def main(argv=None) -> None:
         from .blas import active_blas
 
         print(f"BLAS: {active_blas()}\nCalibrating {args.model} on {device_key()} ...")
-        cal = calibrate(model, tokenizer, budgets=budgets, max_tokens=args.max_tokens, verbose=True)
+        cal = calibrate(
+            model, tokenizer, budgets=budgets, max_tokens=args.max_tokens, verbose=True
+        )
         f = save_calibration(path, cal)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    print(f"best tree budget: {cal.budget} nodes (expected {cal.expected_speedup:.2f}x plain); saved {f}")
+    print(
+        f"best tree budget: {cal.budget} nodes (expected {cal.expected_speedup:.2f}x plain); saved {f}"
+    )

@@ -6,10 +6,17 @@ import sys
 
 import mlx.core as mx
 
-from .generate import add_decoding_args, decoding_kwargs, ensure_calibrated, stream_generate
+from .generate import (
+    add_decoding_args,
+    decoding_kwargs,
+    ensure_calibrated,
+    stream_generate,
+)
 
 
-def chat_loop(model, tokenizer, kwargs: dict, system: str = None, stats: bool = False) -> None:
+def chat_loop(
+    model, tokenizer, kwargs: dict, system: str = None, stats: bool = False
+) -> None:
     """Read user turns from stdin until EOF or ``/quit``; Ctrl-C stops one answer."""
     history = [{"role": "system", "content": system}] if system else []
     print("Type a message; /reset clears the history, /quit or Ctrl-D leaves.")
@@ -27,7 +34,9 @@ def chat_loop(model, tokenizer, kwargs: dict, system: str = None, stats: bool = 
         if not user.strip():
             continue
         history.append({"role": "user", "content": user})
-        prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template(
+            history, tokenize=False, add_generation_prompt=True
+        )
         answer, last = "", None
         try:
             for last in stream_generate(model, tokenizer, prompt, **kwargs):
@@ -38,13 +47,17 @@ def chat_loop(model, tokenizer, kwargs: dict, system: str = None, stats: bool = 
         print()
         history.append({"role": "assistant", "content": answer})
         if stats and last is not None:
-            print(f"[{last.generation_tps:.1f} tokens/s, {last.tokens_per_pass:.2f} tokens/pass]")
+            print(
+                f"[{last.generation_tps:.1f} tokens/s, {last.tokens_per_pass:.2f} tokens/pass]"
+            )
 
 
 def main(argv=None) -> None:
     from .utils import load
 
-    parser = argparse.ArgumentParser(prog="mlx-specstream chat", description="Chat with a model.")
+    parser = argparse.ArgumentParser(
+        prog="mlx-specstream chat", description="Chat with a model."
+    )
     add_decoding_args(parser)
     parser.add_argument("--system-prompt", default=None)
     args = parser.parse_args(argv)

@@ -7,14 +7,26 @@ import sys
 from ._version import __version__
 
 COMMANDS = {
-    "generate": ("mlx_specstream.generate", "generate text (Speculative Streaming or plain)"),
+    "generate": (
+        "mlx_specstream.generate",
+        "generate text (Speculative Streaming or plain)",
+    ),
     "chat": ("mlx_specstream.chat", "interactive chat with streaming output"),
-    "convert": ("convert.convert", "convert a PyTorch / GGUF checkpoint to an MLX directory"),
+    "convert": (
+        "convert.convert",
+        "convert a PyTorch / GGUF checkpoint to an MLX directory",
+    ),
     "train": ("convert.train", "train speculative streams (PyTorch)"),
     "data": ("convert.data.make", "write the seeded synthetic task data sets"),
-    "distill": ("convert.data.distill", "make self-distillation targets with the model"),
+    "distill": (
+        "convert.data.distill",
+        "make self-distillation targets with the model",
+    ),
     "bench": ("mlx_specstream.bench", "benchmark decoding methods side by side"),
-    "calibrate": ("mlx_specstream.calibrate", "measure this device and pick the tree budget"),
+    "calibrate": (
+        "mlx_specstream.calibrate",
+        "measure this device and pick the tree budget",
+    ),
 }
 
 

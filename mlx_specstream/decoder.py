@@ -19,11 +19,17 @@ from typing import Iterator, List, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
+from .drafters import Drafter, StreamTopK
 from .models.cache import make_cache
 from .models.llama import Model
 from .models.msa import Rows
-from .sample_utils import SamplingArgs, accept_greedy, accept_sampled, sample, target_logprobs
-from .drafters import Drafter, StreamTopK
+from .sample_utils import (
+    SamplingArgs,
+    accept_greedy,
+    accept_sampled,
+    sample,
+    target_logprobs,
+)
 from .tree import Tree
 
 
@@ -37,9 +43,13 @@ class DecodeOptions:
 
     def __post_init__(self):
         if self.stream_pass not in ("tree", "accepted"):
-            raise ValueError(f"stream_pass must be 'tree' or 'accepted', got {self.stream_pass!r}")
+            raise ValueError(
+                f"stream_pass must be 'tree' or 'accepted', got {self.stream_pass!r}"
+            )
         if not 0.0 <= self.prune_threshold < 1.0:
-            raise ValueError(f"prune_threshold must be in [0, 1), got {self.prune_threshold}")
+            raise ValueError(
+                f"prune_threshold must be in [0, 1), got {self.prune_threshold}"
+            )
 
 
 @dataclass
@@ -52,7 +62,9 @@ class Step:
     accepted: int  # draft tokens accepted (len(tokens) - 1)
 
 
-def prefill(model: Model, tokens: Sequence[int], cache: list, step_size: int) -> mx.array:
+def prefill(
+    model: Model, tokens: Sequence[int], cache: list, step_size: int
+) -> mx.array:
     """Run all but the last prompt token through every layer, in chunks."""
     for s in range(0, len(tokens) - 1, step_size):
         chunk = mx.array(tokens[s : min(s + step_size, len(tokens) - 1)])
@@ -96,7 +108,9 @@ class _Verifier:
     def __init__(self, sampling: SamplingArgs):
         self.sampling = sampling
         # Host RNG for rejection sampling, seeded from MLX's so mx.random.seed works.
-        self.rng = np.random.default_rng(int(mx.random.randint(0, 2**31 - 1, ()).item()))
+        self.rng = np.random.default_rng(
+            int(mx.random.randint(0, 2**31 - 1, ()).item())
+        )
 
     def __call__(self, tree: Tree, logits: mx.array) -> tuple:
         if self.sampling.greedy:
@@ -156,51 +170,41 @@ def speculative_generate_step(
     """
     cache = prompt_cache if prompt_cache is not None else make_cache(model)
     verify = _Verifier(sampling)
-    split, n_layers = model.split, len(model.layers)
     history = list(prompt)
     prefill(model, prompt, cache, options.prefill_step_size)
+    heads = getattr(drafter, "candidates", None)  # drafters with their own heads
+    streams_in_pass = (
+        options.stream_pass == "tree" and drafter.top_k > 0 and heads is None
+    )
 
     # The last prompt token is a one-node tree whose streams draft the first tree.
     tree = Tree((prompt[-1],), (-1,))
     emitted = 0
     while max_tokens < 0 or emitted < max_tokens:
         offset = cache[0].offset
-        rows = Rows.tree(tree.ancestor_mask, tree.depths, offset, model.streams)
-        h = model.run_layers(model.embed(mx.array(tree.tokens)), rows, cache, 0, split)
-        kept = _prune(model, tree, h[0], options.prune_threshold)
-        vtree = tree.keep(kept) if len(kept) < tree.size else tree
-        if len(kept) < tree.size:
-            h = h[:, mx.array(kept)]
-            rows = Rows.tree(vtree.ancestor_mask, vtree.depths, offset, model.streams)
-        h_split = h
-        T = vtree.size
-        heads = getattr(drafter, "candidates", None)  # drafters with their own heads
-        with_streams = options.stream_pass == "tree" and drafter.top_k > 0 and heads is None
-        if with_streams:
-            rows = rows.with_streams(list(range(T)))
-            s = model.streams.insert_streams(h[0]).reshape(1, -1, h.shape[-1])
-            h = mx.concatenate([h, s], axis=1)
-        h = model.run_layers(h, rows, cache, split, n_layers)
-        path, correction = verify(vtree, model.logits(h[0, :T]))  # host sync
-
-        # Keep the accepted path's K/V: tree rows in the lower layers, verified rows above.
+        p = _forward_tree(model, cache, tree, options.prune_threshold, streams_in_pass)
+        T = p.tree.size
+        path, correction = verify(p.tree, model.logits(p.h_top[0, :T]))  # host sync
+        # Keep the accepted path's K/V: tree rows below layer l, verified rows above.
         for i, c in enumerate(cache):
-            c.compact(offset, [kept[n] for n in path] if i < split else path)
-        tokens = [vtree.tokens[n] for n in path[1:]] + [correction]
+            c.compact(offset, [p.kept[n] for n in path] if i < model.split else path)
+        tokens = [p.tree.tokens[n] for n in path[1:]] + [correction]
         history.extend(tokens)
         anchor = path[-1]
-        streams = None
         if heads is not None:  # e.g. Medusa: heads on the accepted node's final state
-            streams = heads(model.model.norm(h[0, anchor]))
-        elif with_streams:
+            streams = heads(model.model.norm(p.h_top[0, anchor]))
+        elif streams_in_pass:
             g = model.streams.args.num_streams
-            h_streams = h[0, T + anchor * g : T + (anchor + 1) * g]
-            streams = _stream_topk(model, h_streams, drafter.top_k)
-        elif drafter.top_k > 0:
-            h_streams = _streams_after_compaction(
-                model, cache, h_split[0, anchor], offset + len(path) - 1
+            streams = _stream_topk(
+                model, p.h_top[0, T + anchor * g : T + (anchor + 1) * g], drafter.top_k
             )
-            streams = _stream_topk(model, h_streams, drafter.top_k)
+        elif drafter.top_k > 0:
+            s = _streams_after_compaction(
+                model, cache, p.h_split[0, anchor], offset + len(path) - 1
+            )
+            streams = _stream_topk(model, s, drafter.top_k)
+        else:
+            streams = None
         emitted += len(tokens)
         yield Step(tokens, tree.size, T, len(tokens) - 1)
         tree = drafter.draft(correction, streams, history)
@@ -209,7 +213,45 @@ def speculative_generate_step(
             tree = tree.truncate_depth(max(0, max_tokens - emitted - 1))
 
 
-def _streams_after_compaction(model: Model, cache: list, h_anchor: mx.array, position: int) -> mx.array:
+@dataclass
+class _Pass:
+    """One verify pass: the verified (pruned) tree and the hidden states it left."""
+
+    tree: Tree
+    kept: List[int]  # index in the drafted tree of each verified node
+    h_split: mx.array  # (1, T, h) main states entering layer l
+    h_top: mx.array  # (1, T [+ T * γ], h) top-layer states, main rows first
+
+
+def _forward_tree(
+    model: Model, cache: list, tree: Tree, prune_threshold: float, with_streams: bool
+) -> _Pass:
+    """Lower layers, pruning at layer l, stream insertion, top layers."""
+    offset = cache[0].offset
+    rows = Rows.tree(tree.ancestor_mask, tree.depths, offset, model.streams)
+    h = model.run_layers(
+        model.embed(mx.array(tree.tokens)), rows, cache, 0, model.split
+    )
+    kept = _prune(model, tree, h[0], prune_threshold)
+    if len(kept) < tree.size:  # pruned rows skip the top layers
+        tree, h = tree.keep(kept), h[:, mx.array(kept)]
+        rows = Rows.tree(tree.ancestor_mask, tree.depths, offset, model.streams)
+    h_split = h
+    if with_streams:
+        rows = rows.with_streams(list(range(tree.size)))
+        s = model.streams.insert_streams(h[0]).reshape(1, -1, h.shape[-1])
+        h = mx.concatenate([h, s], axis=1)
+    return _Pass(
+        tree,
+        kept,
+        h_split,
+        model.run_layers(h, rows, cache, model.split, len(model.layers)),
+    )
+
+
+def _streams_after_compaction(
+    model: Model, cache: list, h_anchor: mx.array, position: int
+) -> mx.array:
     """Run the accepted node's γ streams alone through the top layers, (γ, h)."""
     s = model.streams.insert_streams(h_anchor[None])  # (1, γ, h)
     rows = Rows.streams_only(cache[0].offset, position, model.streams)

@@ -32,8 +32,9 @@ class Drafter(Protocol):
 
     top_k: int
 
-    def draft(self, root: int, streams: Optional[StreamTopK], history: Sequence[int]) -> Tree:
-        ...
+    def draft(
+        self, root: int, streams: Optional[StreamTopK], history: Sequence[int]
+    ) -> Tree: ...
 
 
 @dataclass
@@ -55,7 +56,9 @@ class StreamDrafter:
             streams.tokens, streams.logprobs, self.shape.budget, self.shape.max_depth
         )
 
-    def draft(self, root: int, streams: Optional[StreamTopK], history: Sequence[int]) -> Tree:
+    def draft(
+        self, root: int, streams: Optional[StreamTopK], history: Sequence[int]
+    ) -> Tree:
         return Tree.from_paths(root, self.paths(streams))
 
 
@@ -89,7 +92,9 @@ class PromptLookupDrafter:
                     return [tuple(int(t) for t in follow)]
         return []
 
-    def draft(self, root: int, streams: Optional[StreamTopK], history: Sequence[int]) -> Tree:
+    def draft(
+        self, root: int, streams: Optional[StreamTopK], history: Sequence[int]
+    ) -> Tree:
         return Tree.from_paths(root, self.paths(history))
 
 
@@ -104,5 +109,9 @@ class MixedDrafter:
     def top_k(self) -> int:
         return self.streams.top_k
 
-    def draft(self, root: int, streams: Optional[StreamTopK], history: Sequence[int]) -> Tree:
-        return Tree.from_paths(root, self.lookup.paths(history) + self.streams.paths(streams))
+    def draft(
+        self, root: int, streams: Optional[StreamTopK], history: Sequence[int]
+    ) -> Tree:
+        return Tree.from_paths(
+            root, self.lookup.paths(history) + self.streams.paths(streams)
+        )

@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Dict, List
 
-
 SETTINGS_FILE = "speculative_streaming.json"
 STREAMS_FILE = "streams.safetensors"
 STREAM_ADAPTER_MODULES = (

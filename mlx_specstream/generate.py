@@ -51,7 +51,9 @@ class GenerationResponse:
         return self.generation_tokens / max(1, self.forward_calls)
 
 
-def encode_prompt(tokenizer: TokenizerWrapper, prompt: Union[str, Sequence[int]]) -> List[int]:
+def encode_prompt(
+    tokenizer: TokenizerWrapper, prompt: Union[str, Sequence[int]]
+) -> List[int]:
     """Token ids of ``prompt``; BOS is added unless the text already starts with it."""
     if isinstance(prompt, str):
         bos = tokenizer.bos_token
@@ -68,7 +70,9 @@ def _check_inputs(model: Model, prompt: List[int], max_tokens: int) -> None:
     vocab = model.args.vocab_size
     bad = [t for t in prompt if not 0 <= t < vocab]
     if bad:
-        raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        raise ValueError(
+            f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})"
+        )
     context = model.args.max_position_embeddings
     if context and len(prompt) + max_tokens > context:
         raise ValueError(
@@ -133,9 +137,14 @@ def stream_generate(
         drafter = _choose_drafter(model, tree, drafter, prompt_lookup)
         speculative = drafter is not None
     if speculative:
-        steps = speculative_generate_step(ids, model, drafter, sampling, options, max_tokens)
+        steps = speculative_generate_step(
+            ids, model, drafter, sampling, options, max_tokens
+        )
     else:
-        steps = (Step([t], 1, 1, 0) for t in generate_step(ids, model, sampling, prefill_step_size))
+        steps = (
+            Step([t], 1, 1, 0)
+            for t in generate_step(ids, model, sampling, prefill_step_size)
+        )
 
     detokenizer = tokenizer.detokenizer
     detokenizer.reset()
@@ -179,7 +188,10 @@ def stream_generate(
 
 
 def _choose_drafter(
-    model: Model, tree: Optional[TreeShape], drafter: Optional[Drafter], prompt_lookup: bool
+    model: Model,
+    tree: Optional[TreeShape],
+    drafter: Optional[Drafter],
+    prompt_lookup: bool,
 ) -> Optional[Drafter]:
     """The drafter of a speculative run; None where plain decoding is just as good."""
     if drafter is not None:
@@ -217,8 +229,12 @@ def generate(
 def print_stats(r: GenerationResponse) -> None:
     print("=" * 10)
     print(f"Prompt: {r.prompt_tokens} tokens, {r.prompt_tps:.3f} tokens-per-sec")
-    print(f"Generation: {r.generation_tokens} tokens, {r.generation_tps:.3f} tokens-per-sec")
-    print(f"Tokens per forward pass: {r.tokens_per_pass:.2f} ({r.forward_calls} passes)")
+    print(
+        f"Generation: {r.generation_tokens} tokens, {r.generation_tps:.3f} tokens-per-sec"
+    )
+    print(
+        f"Tokens per forward pass: {r.tokens_per_pass:.2f} ({r.forward_calls} passes)"
+    )
     print(f"Peak memory: {r.peak_memory:.3f} GB")
 
 
@@ -226,35 +242,55 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_PROMPT = "What is the capital of France?"
 
 
-def apply_chat_template(tokenizer: TokenizerWrapper, prompt: str, system: Optional[str] = None) -> str:
+def apply_chat_template(
+    tokenizer: TokenizerWrapper, prompt: str, system: Optional[str] = None
+) -> str:
     """Wrap a user message in the model's chat template, when it has one."""
     if not getattr(tokenizer, "chat_template", None):
         return prompt
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}
     ]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
 
 
 def add_decoding_args(parser) -> None:
     """Flags shared by ``generate``, ``chat`` and the demos."""
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="MLX directory, registered name or HF repo")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="MLX directory, registered name or HF repo",
+    )
     parser.add_argument("--max-tokens", "-m", type=int, default=256)
     parser.add_argument("--temp", type=float, default=0.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--no-speculative", action="store_true", help="plain autoregressive decoding")
-    parser.add_argument("--tree", choices=["best_first", "cartesian"], default="best_first")
     parser.add_argument(
-        "--tree-budget", type=int, default=None,
+        "--no-speculative", action="store_true", help="plain autoregressive decoding"
+    )
+    parser.add_argument(
+        "--tree", choices=["best_first", "cartesian"], default="best_first"
+    )
+    parser.add_argument(
+        "--tree-budget",
+        type=int,
+        default=None,
         help="nodes of a best-first tree (default: calibrated for this device on first use)",
     )
-    parser.add_argument("--branching", default="2,2,1,1", help="per-depth top-k of a Cartesian tree")
+    parser.add_argument(
+        "--branching", default="2,2,1,1", help="per-depth top-k of a Cartesian tree"
+    )
     parser.add_argument("--prune-threshold", type=float, default=None)
     parser.add_argument("--stream-pass", choices=["tree", "accepted"], default="tree")
-    parser.add_argument("--prompt-lookup", action="store_true", help="add prompt-lookup drafts")
-    parser.add_argument("--verbose", action="store_true", help="print the BLAS in use and timings")
+    parser.add_argument(
+        "--prompt-lookup", action="store_true", help="add prompt-lookup drafts"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="print the BLAS in use and timings"
+    )
 
 
 def decoding_kwargs(args) -> dict:
@@ -287,7 +323,10 @@ def ensure_calibrated(model: Model, tokenizer: TokenizerWrapper, kwargs: dict) -
 
     from .calibrate import calibrate, save_calibration
 
-    print("Calibrating the draft tree for this device (once, about a minute) ...", file=sys.stderr)
+    print(
+        "Calibrating the draft tree for this device (once, about a minute) ...",
+        file=sys.stderr,
+    )
     model.calibration = calibrate(model, tokenizer)
     save_calibration(model.path, model.calibration)
     print(f"Tree budget: {model.calibration.budget} nodes", file=sys.stderr)
@@ -299,9 +338,13 @@ def main(argv=None) -> None:
 
     from .utils import load
 
-    parser = argparse.ArgumentParser(prog="mlx-specstream generate", description="Generate text.")
+    parser = argparse.ArgumentParser(
+        prog="mlx-specstream generate", description="Generate text."
+    )
     add_decoding_args(parser)
-    parser.add_argument("--prompt", "-p", default=DEFAULT_PROMPT, help="'-' reads stdin")
+    parser.add_argument(
+        "--prompt", "-p", default=DEFAULT_PROMPT, help="'-' reads stdin"
+    )
     parser.add_argument("--system-prompt", default=None)
     parser.add_argument("--ignore-chat-template", action="store_true")
     args = parser.parse_args(argv)
@@ -318,7 +361,9 @@ def main(argv=None) -> None:
             from .blas import active_blas
 
             print(f"BLAS: {active_blas()}")
-            print(f"Model: {args.model} ({'with' if model.has_streams else 'no'} trained streams)")
+            print(
+                f"Model: {args.model} ({'with' if model.has_streams else 'no'} trained streams)"
+            )
             print("=" * 10)
         generate(model, tokenizer, prompt, verbose=True, **kwargs)
     except (ValueError, FileNotFoundError) as e:

@@ -39,7 +39,9 @@ class MedusaFileNotFoundError(MedusaLoadError, FileNotFoundError):
     """A Medusa file that does not exist."""
 
 
-def medusa_tensor_shapes(num_heads: int, hidden_size: int, vocab_size: int) -> Dict[str, tuple]:
+def medusa_tensor_shapes(
+    num_heads: int, hidden_size: int, vocab_size: int
+) -> Dict[str, tuple]:
     """File tensor names and shapes of ``num_heads`` heads."""
     shapes = {}
     for k in range(num_heads):
@@ -68,7 +70,11 @@ class MedusaHeads(nn.Module):
         super().__init__()
         if num_heads < 1:
             raise ValueError(f"num_heads must be >= 1, got {num_heads}")
-        self.num_heads, self.hidden_size, self.vocab_size = num_heads, hidden_size, vocab_size
+        self.num_heads, self.hidden_size, self.vocab_size = (
+            num_heads,
+            hidden_size,
+            vocab_size,
+        )
         self.heads = [MedusaHead(hidden_size, vocab_size) for _ in range(num_heads)]
 
     def __call__(self, h: mx.array) -> mx.array:
@@ -88,10 +94,16 @@ class MedusaHeads(nn.Module):
     @classmethod
     def from_model(cls, model, num_heads: int = 4) -> "MedusaHeads":
         """Fresh heads initialised from ``model``'s LM head (tied or not, dequantised)."""
-        layer = model.model.embed_tokens if model.args.tie_word_embeddings else model.lm_head
+        layer = (
+            model.model.embed_tokens
+            if model.args.tie_word_embeddings
+            else model.lm_head
+        )
         w = layer.weight
         if hasattr(layer, "scales"):  # quantized: heads stay float32
-            w = mx.dequantize(w, layer.scales, layer.biases, layer.group_size, layer.bits)
+            w = mx.dequantize(
+                w, layer.scales, layer.biases, layer.group_size, layer.bits
+            )
         return cls.from_lm_head(w, num_heads)
 
     def num_parameters(self) -> int:
@@ -103,7 +115,11 @@ class MedusaHeads(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         weights = {k: v.astype(mx.float32) for k, v in tree_flatten(self.parameters())}
         mx.save_safetensors(str(path / MEDUSA_WEIGHTS), weights)
-        config = dict(num_heads=self.num_heads, hidden_size=self.hidden_size, vocab_size=self.vocab_size)
+        config = dict(
+            num_heads=self.num_heads,
+            hidden_size=self.hidden_size,
+            vocab_size=self.vocab_size,
+        )
         (path / MEDUSA_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
 
@@ -120,7 +136,9 @@ def _read_config(file: Path) -> Dict[str, int]:
     for k in keys:
         v = config.get(k)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise MedusaLoadError(f"{file}: '{k}' must be a positive integer, got {v!r}")
+            raise MedusaLoadError(
+                f"{file}: '{k}' must be a positive integer, got {v!r}"
+            )
     return {k: config[k] for k in keys}
 
 
@@ -151,7 +169,9 @@ def load_medusa(path: Union[str, Path], dtype: mx.Dtype = mx.float32) -> MedusaH
         if k not in expected:
             raise MedusaLoadError(f"{file}: unexpected tensor {k!r}")
         if tuple(v.shape) != expected[k]:
-            raise MedusaLoadError(f"{file}: tensor {k!r} has shape {tuple(v.shape)}, expected {expected[k]}")
+            raise MedusaLoadError(
+                f"{file}: tensor {k!r} has shape {tuple(v.shape)}, expected {expected[k]}"
+            )
     missing = sorted(set(expected) - set(weights))
     if missing:
         raise MedusaLoadError(f"{file}: missing tensor {missing[0]!r}")

@@ -82,7 +82,9 @@ class Tree:
     def keep(self, nodes: Sequence[int]) -> "Tree":
         """The sub-tree of ``nodes`` (increasing, closed under parents), re-indexed."""
         index = {n: i for i, n in enumerate(nodes)}
-        parents = tuple(-1 if self.parents[n] < 0 else index[self.parents[n]] for n in nodes)
+        parents = tuple(
+            -1 if self.parents[n] < 0 else index[self.parents[n]] for n in nodes
+        )
         return Tree(tuple(self.tokens[n] for n in nodes), parents)
 
     def truncate_depth(self, max_depth: int) -> "Tree":
@@ -109,16 +111,22 @@ class TreeShape:
 
     def __post_init__(self):
         if self.kind not in ("cartesian", "best_first"):
-            raise ValueError(f"tree kind must be 'cartesian' or 'best_first', got {self.kind!r}")
+            raise ValueError(
+                f"tree kind must be 'cartesian' or 'best_first', got {self.kind!r}"
+            )
         if self.kind == "cartesian" and (not self.branching or min(self.branching) < 1):
-            raise ValueError(f"branching must be positive integers, got {self.branching}")
+            raise ValueError(
+                f"branching must be positive integers, got {self.branching}"
+            )
         if self.budget < 1:
             raise ValueError(f"tree budget must be >= 1, got {self.budget}")
 
     @property
     def top_k(self) -> int:
         """How many candidates per stream the drafter needs."""
-        return max(self.branching) if self.kind == "cartesian" else max(1, self.budget - 1)
+        return (
+            max(self.branching) if self.kind == "cartesian" else max(1, self.budget - 1)
+        )
 
     @property
     def size(self) -> int:
@@ -132,7 +140,9 @@ class TreeShape:
         return n
 
 
-def cartesian_paths(tokens: np.ndarray, branching: Sequence[int]) -> List[Tuple[int, ...]]:
+def cartesian_paths(
+    tokens: np.ndarray, branching: Sequence[int]
+) -> List[Tuple[int, ...]]:
     """Root-to-leaf paths of the Cartesian top-k tree.
 
     Args:
@@ -168,7 +178,9 @@ def best_first_paths(
         g = len(ranks) - 1
         if ranks[-1] + 1 < K:  # next sibling
             sib = ranks[:-1] + (ranks[-1] + 1,)
-            heapq.heappush(heap, (neg + logprobs[g, ranks[-1]] - logprobs[g, sib[-1]], sib))
+            heapq.heappush(
+                heap, (neg + logprobs[g, ranks[-1]] - logprobs[g, sib[-1]], sib)
+            )
         if g + 1 < depth:  # first child
             heapq.heappush(heap, (neg - logprobs[g + 1, 0], ranks + (0,)))
     return [tuple(int(tokens[g, r]) for g, r in enumerate(ranks)) for ranks in nodes]

@@ -123,7 +123,11 @@ def load_model(path: Union[str, Path], lazy: bool = True) -> Model:
             bits=q["bits"],
             class_predicate=lambda p, m: f"{p}.scales" in weights,
         )
-    expected = {k: v.shape for k, v in tree_flatten(model.parameters()) if not k.startswith("streams.")}
+    expected = {
+        k: v.shape
+        for k, v in tree_flatten(model.parameters())
+        if not k.startswith("streams.")
+    }
     _check_shapes(expected, weights, path / "model.safetensors")
     model.load_weights(list(weights.items()), strict=False)
 
@@ -151,7 +155,9 @@ def save_model(model: Model, config: Dict, path: Union[str, Path]) -> None:
     path.mkdir(parents=True, exist_ok=True)
     params = dict(tree_flatten(model.parameters()))
     base = {k: v for k, v in params.items() if not k.startswith("streams.")}
-    mx.save_safetensors(str(path / "model.safetensors"), base, metadata={"format": "mlx"})
+    mx.save_safetensors(
+        str(path / "model.safetensors"), base, metadata={"format": "mlx"}
+    )
     with open(path / "config.json", "w") as f:
         json.dump(config, f, indent=2)
     model.streams.args.save(path)
@@ -175,16 +181,17 @@ def load(
     Returns:
         ``(model, tokenizer)``.
     """
-    from .registry import resolve
-
     from .calibrate import load_calibration
+    from .registry import resolve
 
     path = resolve(path_or_name)
     model = load_model(path, lazy=lazy)
     model.path = path
     # The tree budget measured on this device by `mlx-specstream calibrate`, if any.
     model.calibration = load_calibration(path)
-    tokenizer = load_tokenizer(path, tokenizer_config or {}, eos_token_ids=_eos_ids(path))
+    tokenizer = load_tokenizer(
+        path, tokenizer_config or {}, eos_token_ids=_eos_ids(path)
+    )
     return model, tokenizer
 
 

@@ -42,10 +42,20 @@ def tiny_model(
     model = Model(args, stream_args or StreamArgs(num_streams=3, num_stream_layers=2))
     # Larger embeddings than nn.Embedding's default make logits peaky, so greedy
     # ties are impossible and sampled tests see a non-uniform distribution.
-    model.model.embed_tokens.weight = mx.random.normal(model.model.embed_tokens.weight.shape)
+    model.model.embed_tokens.weight = mx.random.normal(
+        model.model.embed_tokens.weight.shape
+    )
     if stream_scale:
         params = tree_flatten(model.streams.parameters())
-        rand = [(k, stream_scale * mx.random.normal(v.shape) / max(1, v.shape[-2] if v.ndim > 1 else 1) ** 0.5) for k, v in params]
+        rand = [
+            (
+                k,
+                stream_scale
+                * mx.random.normal(v.shape)
+                / max(1, v.shape[-2] if v.ndim > 1 else 1) ** 0.5,
+            )
+            for k, v in params
+        ]
         model.streams.update(tree_unflatten(rand))
     mx.eval(model.parameters())
     return model

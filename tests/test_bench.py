@@ -4,10 +4,10 @@
 import argparse
 import json
 
+from conftest import tiny_config, tiny_hf_tokenizer, tiny_model
+
 from mlx_specstream.bench import run, write_report
 from mlx_specstream.utils import load, save_model
-
-from conftest import tiny_config, tiny_hf_tokenizer, tiny_model
 
 
 def test_bench_methods_agree_with_plain_and_mlx_lm(tmp_path):
@@ -17,9 +17,17 @@ def test_bench_methods_agree_with_plain_and_mlx_lm(tmp_path):
     tokenizer.eos_token_ids = []
     data = tmp_path / "data"
     data.mkdir()
-    (data / "sql_test.jsonl").write_text(json.dumps({"prompt": "t5 t6 t7 t5 t6"}) + "\n")
-    args = argparse.Namespace(data=str(data), per_task=1, max_tokens=12, prune_threshold=0.05,
-                              medusa=None, methods=None)
+    (data / "sql_test.jsonl").write_text(
+        json.dumps({"prompt": "t5 t6 t7 t5 t6"}) + "\n"
+    )
+    args = argparse.Namespace(
+        data=str(data),
+        per_task=1,
+        max_tokens=12,
+        prune_threshold=0.05,
+        medusa=None,
+        methods=None,
+    )
     report = run(model, tokenizer, args)
     methods = report["methods"]
     assert {"mlx_lm", "ours_plain", "ss_best_first", "prompt_lookup"} <= set(methods)

@@ -8,7 +8,9 @@ from mlx_specstream.models.cache import TreeKVCache
 
 def _rows(start, n):
     # (1, 1, n, 2): row r holds the value r in both features
-    return mx.broadcast_to(mx.arange(start, start + n, dtype=mx.float32)[None, None, :, None], (1, 1, n, 2))
+    return mx.broadcast_to(
+        mx.arange(start, start + n, dtype=mx.float32)[None, None, :, None], (1, 1, n, 2)
+    )
 
 
 def test_compact_moves_accepted_rows_into_contiguous_slots():

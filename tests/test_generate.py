@@ -6,6 +6,7 @@ from typing import List, Optional, Sequence
 
 import mlx.core as mx
 import pytest
+from conftest import tiny_hf_tokenizer, tiny_model, wrap
 
 from mlx_specstream.decoder import speculative_generate_step
 from mlx_specstream.drafters import StreamDrafter, StreamTopK
@@ -13,8 +14,6 @@ from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import generate, stream_generate
 from mlx_specstream.models.cache import make_cache
 from mlx_specstream.tree import Tree, TreeShape
-
-from conftest import tiny_hf_tokenizer, tiny_model, wrap
 
 PROMPT = [5, 17, 33, 2, 61, 8, 40]
 
@@ -29,14 +28,28 @@ SHAPES = [
     dict(tie_word_embeddings=True, num_key_value_heads=4),
     dict(model_type="qwen2", num_key_value_heads=1),
     dict(model_type="mistral", num_hidden_layers=3, head_dim=24),
-    dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                       "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+    dict(
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        }
+    ),
 ]
 STREAMS = [
     StreamArgs(num_streams=3, num_stream_layers=2),
-    StreamArgs(num_streams=4, num_stream_layers=1, stream_adapter_rank=4, insertion_rank=2),
-    StreamArgs(num_streams=2, num_stream_layers=3, stream_adapter_rank=2, prune_rank=4,
-               stream_adapter_modules=["self_attn.q_proj", "mlp.down_proj"]),
+    StreamArgs(
+        num_streams=4, num_stream_layers=1, stream_adapter_rank=4, insertion_rank=2
+    ),
+    StreamArgs(
+        num_streams=2,
+        num_stream_layers=3,
+        stream_adapter_rank=2,
+        prune_rank=4,
+        stream_adapter_modules=["self_attn.q_proj", "mlp.down_proj"],
+    ),
 ]
 TREES = [
     TreeShape(),
@@ -54,7 +67,9 @@ def test_greedy_lossless_random_streams(tokenizer, shape, seed):
     assert len(plain) >= 1
     for i, tree in enumerate(TREES):
         pass_kind = "tree" if (seed + i) % 2 == 0 else "accepted"
-        spec, rs = run(model, tokenizer, max_tokens=48, tree=tree, stream_pass=pass_kind)
+        spec, rs = run(
+            model, tokenizer, max_tokens=48, tree=tree, stream_pass=pass_kind
+        )
         assert spec == plain, (tree, pass_kind)
         # EOS, when reached, is produced by a pass but not output.
         assert rs[-1].forward_calls <= len(spec) + 1
@@ -62,10 +77,14 @@ def test_greedy_lossless_random_streams(tokenizer, shape, seed):
 
 @pytest.mark.parametrize("threshold", [0.01, 0.2, 0.9])
 def test_greedy_lossless_with_pruning(tokenizer, threshold):
-    args = StreamArgs(num_streams=3, num_stream_layers=2, prune_rank=4, prune_threshold=threshold)
+    args = StreamArgs(
+        num_streams=3, num_stream_layers=2, prune_rank=4, prune_threshold=threshold
+    )
     model = tiny_model(3, args)
     plain, _ = run(model, tokenizer, max_tokens=40, speculative=False)
-    spec, rs = run(model, tokenizer, max_tokens=40, tree=TreeShape("cartesian", (3, 2, 1)))
+    spec, rs = run(
+        model, tokenizer, max_tokens=40, tree=TreeShape("cartesian", (3, 2, 1))
+    )
     assert spec == plain
     if threshold == 0.9:  # almost everything is pruned
         assert min(r.tree_size for r in rs[1:]) < TreeShape("cartesian", (3, 2, 1)).size
@@ -80,11 +99,15 @@ class OracleDrafter:
     depth: int
     top_k: int = 0
 
-    def draft(self, root: int, streams: Optional[StreamTopK], history: Sequence[int]) -> Tree:
+    def draft(
+        self, root: int, streams: Optional[StreamTopK], history: Sequence[int]
+    ) -> Tree:
         n = len(history) - self.prompt_len  # tokens emitted so far, root included
         nxt = self.truth[n : n + self.depth]
         wrong = [(t + 1) % 96 for t in nxt]
-        paths = [tuple(nxt)] + [tuple(nxt[:i]) + (wrong[i],) for i in range(len(nxt)) if wrong[i] != nxt[i]]
+        paths = [tuple(nxt)] + [
+            tuple(nxt[:i]) + (wrong[i],) for i in range(len(nxt)) if wrong[i] != nxt[i]
+        ]
         return Tree.from_paths(root, paths)
 
 
@@ -107,7 +130,9 @@ def test_oracle_draft_accepts_many_tokens_per_pass(depth, seed):
 def test_cache_offset_equals_tokens_kept():
     model = tiny_model(5)
     cache = make_cache(model)
-    steps = speculative_generate_step(PROMPT, model, StreamDrafter(TreeShape(budget=8)), prompt_cache=cache)
+    steps = speculative_generate_step(
+        PROMPT, model, StreamDrafter(TreeShape(budget=8)), prompt_cache=cache
+    )
     emitted = 0
     for _, step in zip(range(12), steps):
         emitted += len(step.tokens)
@@ -122,7 +147,9 @@ def test_eos_inside_accepted_path(tokenizer):
     stop_tok = wrap(tiny_hf_tokenizer(), eos_token_ids=[eos])
     plain_stop, prs = run(model, stop_tok, max_tokens=30, speculative=False)
     assert plain_stop == plain[: plain.index(eos)] and prs[-1].finish_reason == "stop"
-    spec, rs = run(model, stop_tok, max_tokens=30, drafter=OracleDrafter(plain, len(PROMPT), 5))
+    spec, rs = run(
+        model, stop_tok, max_tokens=30, drafter=OracleDrafter(plain, len(PROMPT), 5)
+    )
     assert spec == plain_stop and rs[-1].finish_reason == "stop"
 
 
@@ -134,7 +161,9 @@ def test_max_tokens_exact(max_tokens):
     for drafter in (None, OracleDrafter(plain, len(PROMPT), 4)):
         spec, rs = run(model, tokenizer, max_tokens=max_tokens, drafter=drafter)
         assert spec == plain[:max_tokens]
-        assert rs[-1].generation_tokens == max_tokens and rs[-1].finish_reason == "length"
+        assert (
+            rs[-1].generation_tokens == max_tokens and rs[-1].finish_reason == "length"
+        )
 
 
 def test_string_prompt_and_generate(tokenizer):

@@ -5,10 +5,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from helpers_torch import tiny_hf_llama, tiny_hf_qwen2  # noqa: E402
+
 from mlx_specstream.generate import stream_generate  # noqa: E402
 from mlx_specstream.utils import load  # noqa: E402
-
-from helpers_torch import tiny_hf_llama, tiny_hf_qwen2  # noqa: E402
 
 PROMPT = [5, 9, 14, 20, 31]
 
@@ -22,11 +22,21 @@ def test_plain_and_speculative_greedy_equal_transformers(tmp_path, make, seed):
     path = make(tmp_path, seed=seed)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     with torch.no_grad():
-        ref = hf.generate(torch.tensor([PROMPT]), max_new_tokens=24, do_sample=False,
-                          min_new_tokens=24, pad_token_id=0)[0, len(PROMPT):].tolist()
+        ref = hf.generate(
+            torch.tensor([PROMPT]),
+            max_new_tokens=24,
+            do_sample=False,
+            min_new_tokens=24,
+            pad_token_id=0,
+        )[0, len(PROMPT) :].tolist()
     model, tokenizer = load(path)
     tokenizer.eos_token_ids = []  # compare full length, as min_new_tokens does
     for speculative in (False, True):
-        out = [t for r in stream_generate(model, tokenizer, PROMPT, max_tokens=24,
-                                          speculative=speculative) for t in r.tokens]
+        out = [
+            t
+            for r in stream_generate(
+                model, tokenizer, PROMPT, max_tokens=24, speculative=speculative
+            )
+            for t in r.tokens
+        ]
         assert out == ref

@@ -4,19 +4,26 @@
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import tiny_model
 
 from mlx_specstream.decoder import _streams_after_compaction, prefill
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.models.cache import make_cache
 from mlx_specstream.models.msa import Rows
 
-from conftest import tiny_model
-
-ARGS = StreamArgs(num_streams=3, num_stream_layers=2, stream_adapter_rank=4, insertion_rank=2, prune_rank=4)
+ARGS = StreamArgs(
+    num_streams=3,
+    num_stream_layers=2,
+    stream_adapter_rank=4,
+    insertion_rank=2,
+    prune_rank=4,
+)
 TOKENS = mx.array([4, 9, 1, 30, 22, 7, 15, 3])
 
 
-@pytest.mark.parametrize("overrides", [dict(), dict(model_type="qwen2", tie_word_embeddings=True)])
+@pytest.mark.parametrize(
+    "overrides", [dict(), dict(model_type="qwen2", tie_word_embeddings=True)]
+)
 def test_main_stream_never_sees_streams(overrides):
     model = tiny_model(0, ARGS, **overrides)
     main, streams = model.all_stream_logits(TOKENS)
@@ -41,7 +48,9 @@ def test_stream_sees_only_its_prefix_and_lower_streams():
     P[2] += 1.0
     model.streams.update({"stream_embed": mx.array(P)})
     _, changed = model.all_stream_logits(TOKENS)
-    np.testing.assert_allclose(np.array(changed[:, :2]), np.array(full[:, :2]), atol=1e-5)
+    np.testing.assert_allclose(
+        np.array(changed[:, :2]), np.array(full[:, :2]), atol=1e-5
+    )
     assert not np.allclose(np.array(changed[:, 2]), np.array(full[:, 2]))
     # ...while changing stream 1's changes stream 2 (it attends to stream 1).
     P[0] += 1.0
@@ -59,7 +68,9 @@ def test_accepted_only_stream_pass_equals_training_layout():
     rows = Rows.causal(TOKENS.size, 0, model.streams)
     h = model.run_layers(model.embed(TOKENS), rows, make_cache(model), 0, model.split)
     s = _streams_after_compaction(model, cache, h[0, -1], TOKENS.size - 1)
-    np.testing.assert_allclose(np.array(model.logits(s)), np.array(streams[-1]), atol=1e-4)
+    np.testing.assert_allclose(
+        np.array(model.logits(s)), np.array(streams[-1]), atol=1e-4
+    )
 
 
 def test_early_exit_head_is_identity_at_zero():

@@ -6,13 +6,12 @@ from collections import Counter
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import tiny_hf_tokenizer, tiny_model, wrap
 
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.sample_utils import SamplingArgs, accept_sampled, target_logprobs
 from mlx_specstream.tree import Tree, TreeShape
-
-from conftest import tiny_hf_tokenizer, tiny_model, wrap
 
 
 def tv(a: Counter, b: Counter, n: int) -> float:
@@ -69,20 +68,33 @@ def test_sampled_speculative_matches_plain_distribution():
     """End to end: the law of generated tokens 1 and 2 equals the model's exact law."""
     vocab, temp = 16, 0.7
     tok = wrap(tiny_hf_tokenizer(vocab), eos_token_ids=[])
-    model = tiny_model(7, StreamArgs(num_streams=2, num_stream_layers=1), vocab_size=vocab,
-                       hidden_size=32, num_hidden_layers=2, intermediate_size=64)
+    model = tiny_model(
+        7,
+        StreamArgs(num_streams=2, num_stream_layers=1),
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        intermediate_size=64,
+    )
     prompt, args = [3, 5, 7], SamplingArgs(temp)
 
     def probs(ids):
-        return np.exp(np.array(target_logprobs(model(mx.array([ids]))[0, -1:], args)))[0]
+        return np.exp(np.array(target_logprobs(model(mx.array([ids]))[0, -1:], args)))[
+            0
+        ]
 
     p1 = probs(prompt)
     p2 = sum(p1[t] * probs(prompt + [t]) for t in range(vocab))
     n, c1, c2 = 500, Counter(), Counter()
     mx.random.seed(3)
     for _ in range(n):
-        out = [t for r in stream_generate(model, tok, prompt, max_tokens=3, temp=temp,
-                                          tree=TreeShape(budget=6)) for t in r.tokens]
+        out = [
+            t
+            for r in stream_generate(
+                model, tok, prompt, max_tokens=3, temp=temp, tree=TreeShape(budget=6)
+            )
+            for t in r.tokens
+        ]
         c1[out[0]] += 1
         c2[out[1]] += 1
     # Token 2 comes out of a drafted tree (accepted draft or correction after rejections).

@@ -1,11 +1,10 @@
 # Copyright © 2026 mlx-specstream authors. Apache-2.0.
 import numpy as np
 import pytest
+from conftest import tiny_model
 
 from mlx_specstream.models.msa import Rows
 from mlx_specstream.tree import Tree, TreeShape, best_first_paths, cartesian_paths
-
-from conftest import tiny_model
 
 
 def test_toy_tree_layout():

@@ -55,7 +55,10 @@ class ModelArgs(BaseModelArgs):
     def layer_dims(self) -> Dict[str, tuple]:
         """(in, out) features of each linear layer, keyed as in format.py."""
         h, f = self.hidden_size, self.intermediate_size
-        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        q, kv = (
+            self.num_attention_heads * self.head_dim,
+            self.num_key_value_heads * self.head_dim,
+        )
         return {
             "self_attn.q_proj": (h, q),
             "self_attn.k_proj": (h, kv),
@@ -81,7 +84,10 @@ class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         dim, hd = args.hidden_size, args.head_dim
-        self.n_heads, self.n_kv_heads = args.num_attention_heads, args.num_key_value_heads
+        self.n_heads, self.n_kv_heads = (
+            args.num_attention_heads,
+            args.num_key_value_heads,
+        )
         self.scale = hd**-0.5
         qkv_bias = args.qkv_bias
         self.q_proj = nn.Linear(dim, self.n_heads * hd, bias=qkv_bias)
@@ -132,7 +138,9 @@ class TransformerBlock(nn.Module):
         self.self_attn = Attention(args)
         self.mlp = MLP(args)
         self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
-        self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.post_attention_layernorm = nn.RMSNorm(
+            args.hidden_size, eps=args.rms_norm_eps
+        )
 
     def __call__(self, x: mx.array, rows: Rows, cache: Optional[Any]) -> mx.array:
         h = x + self.self_attn(self.input_layernorm(x), rows, cache)
@@ -232,7 +240,9 @@ class Model(nn.Module):
         h = self.run_layers(self.embed(tokens), rows, cache, 0, self.split)
         rows = rows.with_streams(list(range(T)))
         s = self.streams.insert_streams(h[0]).reshape(1, -1, h.shape[-1])
-        h = self.run_layers(mx.concatenate([h, s], axis=1), rows, cache, self.split, len(self.layers))
+        h = self.run_layers(
+            mx.concatenate([h, s], axis=1), rows, cache, self.split, len(self.layers)
+        )
         out = self.logits(h[0]).astype(mx.float32)
         return out[:T], out[T:].reshape(T, self.streams.args.num_streams, -1)
 

@@ -29,23 +29,33 @@ class LowRank(nn.Module):
 class StreamParams(nn.Module):
     """All stream-side parameters of a model; zeros until weights are loaded."""
 
-    def __init__(self, args: StreamArgs, hidden_size: int, layer_dims: Dict, n_layers: int):
+    def __init__(
+        self, args: StreamArgs, hidden_size: int, layer_dims: Dict, n_layers: int
+    ):
         super().__init__()
         self.args = args
         self.first_layer = n_layers - args.num_stream_layers
         g, h = args.num_streams, hidden_size
         self.stream_embed = mx.zeros((g, h))
         self.insert = (
-            {"a": mx.zeros((g, h, args.insertion_rank)), "b": mx.zeros((g, args.insertion_rank, h))}
+            {
+                "a": mx.zeros((g, h, args.insertion_rank)),
+                "b": mx.zeros((g, args.insertion_rank, h)),
+            }
             if args.insertion_rank
             else None
         )
         # layers[k][module] for MSA layer first_layer + k
         r = args.stream_adapter_rank
         self.layers = [
-            {m.replace(".", "_"): LowRank(*_io(layer_dims[m], r)) for m in args.stream_adapter_modules}
-            if r
-            else {}
+            (
+                {
+                    m.replace(".", "_"): LowRank(*_io(layer_dims[m], r))
+                    for m in args.stream_adapter_modules
+                }
+                if r
+                else {}
+            )
             for _ in range(args.num_stream_layers)
         ]
         self.prune = LowRank(h, args.prune_rank, h) if args.prune_rank else None
@@ -54,7 +64,9 @@ class StreamParams(nn.Module):
         """Streams for anchor states (A, h) -> (A, γ, h) (eq. 3, f = I + low rank)."""
         s = h_anchor[:, None, :] + self.stream_embed.astype(h_anchor.dtype)
         if self.insert is not None:
-            a, b = self.insert["a"].astype(h_anchor.dtype), self.insert["b"].astype(h_anchor.dtype)
+            a, b = self.insert["a"].astype(h_anchor.dtype), self.insert["b"].astype(
+                h_anchor.dtype
+            )
             # (A, 1, 1, h) @ (γ, h, r) -> (A, γ, 1, r) @ (γ, r, h) -> (A, γ, h)
             s = s + ((h_anchor[:, None, None, :] @ a) @ b).squeeze(2)
         return s
