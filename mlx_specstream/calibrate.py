@@ -22,13 +22,13 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import mlx.core as mx
 import numpy as np
 
 from .decoder import generate_step, prefill
-from .drafters import StreamDrafter, StreamTopK
+from .drafters import Drafter, StreamDrafter, StreamTopK
 from .models.cache import make_cache
 from .models.llama import Model
 from .models.msa import Rows
@@ -119,19 +119,23 @@ def stream_candidates(model: Model, tokens: Sequence[int], k: int) -> StreamTopK
 
 
 def replay(
-    cands: StreamTopK, seq: Sequence[int], start: int, shape: TreeShape
+    cands: StreamTopK, seq: Sequence[int], start: int, drafter: Union[TreeShape, Drafter]
 ) -> tuple:
     """Passes and tokens greedy Speculative Streaming needs for ``seq[start:]``.
 
     The root of each tree is the last emitted token at position r; its drafts come
     from the streams of position r - 1 (stream j predicts token r + j).
+
+    Returns:
+        ``(passes, tokens, accepted drafts per pass after prefill)``.
     """
-    drafter = StreamDrafter(shape)
+    if isinstance(drafter, TreeShape):
+        drafter = StreamDrafter(drafter)
     passes, r = 1, start  # prefill emits seq[start]
     depths: List[int] = []
     while r + 1 < len(seq):
         step = StreamTopK(cands.tokens[r - 1], cands.logprobs[r - 1])
-        tree = drafter.draft(seq[r], step, seq[:r])
+        tree = drafter.draft(seq[r], step, seq[: r + 1])
         node, d = 0, 0
         while r + d + 1 < len(seq):
             nxt = [c for c in tree.children[node] if tree.tokens[c] == seq[r + d + 1]]

@@ -1,0 +1,82 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""Tokens per forward pass of greedy Speculative Streaming, per task and tree.
+
+Replays decoding on the model's own greedy answers (``mlx-specstream distill``
+output): greedy output does not depend on the tree, and the streams at every position
+come from one training-layout pass, so each tree is scored on the same text.
+``tests/test_calibrate.py`` checks that the replay counts the decoder's passes
+exactly.
+
+    python benchmarks/eval_acceptance.py --model smollm2-135m-instruct \\
+        --data data/smollm2/distilled/test.jsonl
+"""
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mlx_specstream.blas import ensure_openblas  # noqa: E402
+
+TREES = {
+    "chain_top1": ("cartesian", (1, 1, 1, 1)),
+    "cartesian_2211": ("cartesian", (2, 2, 1, 1)),
+    "best_first_8": ("best_first", 8),
+    "best_first_16": ("best_first", 16),
+    "best_first_32": ("best_first", 32),
+}
+
+
+def main():
+    ensure_openblas()
+    from mlx_specstream import load
+    from mlx_specstream.calibrate import replay, stream_candidates
+    from mlx_specstream.drafters import MixedDrafter, PromptLookupDrafter, StreamDrafter
+    from mlx_specstream.tree import TreeShape
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--data", nargs="+", required=True)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    model, tokenizer = load(args.model)
+    eos = next(iter(tokenizer.eos_token_ids))
+
+    drafters = {}
+    for name, (kind, arg) in TREES.items():
+        shape = TreeShape(kind, arg) if kind == "cartesian" else TreeShape(budget=arg)
+        drafters[name] = StreamDrafter(shape)
+    drafters["best_first_16+lookup"] = MixedDrafter(StreamDrafter(TreeShape(budget=16)))
+    drafters["lookup_only"] = PromptLookupDrafter()
+
+    passes = defaultdict(lambda: defaultdict(int))
+    tokens = defaultdict(int)
+    n = 0
+    for f in args.data:
+        for line in open(f):
+            rec = json.loads(line)
+            done = rec["completion_tokens"] + ([eos] if rec["finish_reason"] == "stop" else [])
+            seq = rec["prompt_tokens"] + done
+            cands = stream_candidates(model, seq, 32)
+            for task in (rec["task"], "all"):
+                tokens[task] += len(done)
+            for name, drafter in drafters.items():
+                np_, _, _ = replay(cands, seq, len(rec["prompt_tokens"]), drafter)
+                for task in (rec["task"], "all"):
+                    passes[task][name] += np_
+            n += 1
+            print(f"\r{n} sequences", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    table = {t: {d: tokens[t] / passes[t][d] for d in drafters} for t in passes}
+    print("| task | " + " | ".join(drafters) + " |")
+    print("|---|" + "---|" * len(drafters))
+    for t, row in sorted(table.items(), key=lambda kv: kv[0] == "all"):
+        print(f"| {t} | " + " | ".join(f"{row[d]:.2f}" for d in drafters) + " |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(table, indent=2))
+
+
+if __name__ == "__main__":
+    main()
