@@ -22,6 +22,10 @@ COMMANDS = {
         "convert.data.distill",
         "make self-distillation targets with the model",
     ),
+    "medusa-train": (
+        "convert.medusa",
+        "train Medusa-1 heads (PyTorch), the paper's baseline",
+    ),
     "bench": ("mlx_specstream.bench", "benchmark decoding methods side by side"),
     "calibrate": (
         "mlx_specstream.calibrate",
@@ -42,7 +46,7 @@ def main(argv=None) -> None:
         return
     if argv[0] not in COMMANDS:
         sys.exit(f"error: unknown command {argv[0]!r} (see mlx-specstream --help)")
-    if argv[0] not in ("convert", "train", "data"):
+    if argv[0] not in ("convert", "train", "medusa-train", "data"):
         from .blas import ensure_openblas
 
         ensure_openblas()  # fp32 decoding on Linux is 30x slower without it

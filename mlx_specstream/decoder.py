@@ -19,7 +19,7 @@ from typing import Iterator, List, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from .drafters import Drafter, StreamTopK
+from .drafters import Drafter, StreamTopK, topk_logprobs
 from .models.cache import make_cache
 from .models.llama import Model
 from .models.msa import Rows
@@ -119,18 +119,9 @@ class _Verifier:
         return accept_sampled(tree, np.array(probs), self.rng)
 
 
-def _stream_topk(model: Model, h_streams: mx.array, k: int) -> Optional[StreamTopK]:
+def _stream_topk(model: Model, h_streams: mx.array, k: int) -> StreamTopK:
     """(γ, h) stream states of the accepted node -> top-k candidates per stream."""
-    if k <= 0:
-        return None
-    lp = model.logits(h_streams).astype(mx.float32)
-    lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
-    k = min(k, lp.shape[-1])
-    idx = mx.argpartition(-lp, kth=k - 1, axis=-1)[:, :k]
-    vals = mx.take_along_axis(lp, idx, axis=-1)
-    order = mx.argsort(-vals, axis=-1)
-    idx, vals = mx.take_along_axis(idx, order, -1), mx.take_along_axis(vals, order, -1)
-    return StreamTopK(np.array(idx), np.array(vals))  # host sync
+    return topk_logprobs(model.logits(h_streams), k)
 
 
 def _prune(model: Model, tree: Tree, h_split: mx.array, threshold: float) -> List[int]:

@@ -11,6 +11,7 @@ answer copies the input (SQL column names, slot values).
 from dataclasses import dataclass, field
 from typing import List, Optional, Protocol, Sequence, Tuple
 
+import mlx.core as mx
 import numpy as np
 
 from .tree import Tree, TreeShape, best_first_paths, cartesian_paths
@@ -22,6 +23,20 @@ class StreamTopK:
 
     tokens: np.ndarray  # (γ, K)
     logprobs: np.ndarray  # (γ, K)
+
+
+def topk_logprobs(logits: mx.array, k: int) -> StreamTopK:
+    """(γ, V) logits -> the top ``k`` log-probabilities per row, most probable first."""
+    lp = logits.astype(mx.float32)
+    lp = np.array(lp - mx.logsumexp(lp, axis=-1, keepdims=True))  # host sync
+    k = min(k, lp.shape[-1])
+    # numpy's partition on the host is faster than MLX's on the CPU backend.
+    idx = np.argpartition(-lp, k - 1, axis=-1)[:, :k]
+    vals = np.take_along_axis(lp, idx, axis=-1)
+    order = np.argsort(-vals, axis=-1, kind="stable")
+    return StreamTopK(
+        np.take_along_axis(idx, order, -1), np.take_along_axis(vals, order, -1)
+    )
 
 
 class Drafter(Protocol):

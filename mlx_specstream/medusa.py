@@ -24,7 +24,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from .drafters import StreamDrafter, StreamTopK
+from .drafters import StreamDrafter, StreamTopK, topk_logprobs
 from .tree import Tree, TreeShape
 
 MEDUSA_CONFIG = "medusa.json"
@@ -180,19 +180,6 @@ def load_medusa(path: Union[str, Path], dtype: mx.Dtype = mx.float32) -> MedusaH
     mx.eval(heads.parameters())
     heads.eval()
     return heads
-
-
-def topk_logprobs(logits: mx.array, k: int) -> StreamTopK:
-    """(γ, V) logits -> the top ``k`` log-probabilities per row, sorted; one host sync."""
-    lp = logits.astype(mx.float32)
-    lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
-    k = min(k, lp.shape[-1])
-    idx = mx.argpartition(-lp, kth=k - 1, axis=-1)[:, :k]
-    vals = mx.take_along_axis(lp, idx, axis=-1)
-    order = mx.argsort(-vals, axis=-1)
-    idx, vals = mx.take_along_axis(idx, order, -1), mx.take_along_axis(vals, order, -1)
-    mx.eval(idx, vals)  # the host sync
-    return StreamTopK(np.array(idx), np.array(vals))
 
 
 @dataclass

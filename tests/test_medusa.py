@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_hf_tokenizer, tiny_model, wrap
 from mlx.utils import tree_flatten
 
-from mlx_specstream.drafters import StreamDrafter, StreamTopK
+from mlx_specstream.drafters import StreamDrafter
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.medusa import (
     MEDUSA_CONFIG,
@@ -294,6 +294,9 @@ def test_train_medusa_lowers_loss_and_writes_loadable_heads(tmp_path, capsys):
 
     # The MLX heads on the MLX model equal the PyTorch heads on the HF model.
     heads = load_medusa(out)
+    assert (
+        out / MEDUSA_WEIGHTS
+    ).stat().st_mode & 0o044  # readable like the model files
     model = load_model(model_dir)
     h = final_hidden(model, PROMPT)
     from transformers import AutoModelForCausalLM
