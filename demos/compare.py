@@ -47,7 +47,12 @@ def main():
     print(f"BLAS: {active_blas()}")
     print(f"Loading {args.model} (first use fetches and converts it)...")
     model, tokenizer = load(args.model)
-    print(f"Trained streams: {'yes' if model.has_streams else 'no'}\n")
+    print(f"Trained streams: {'yes' if model.has_streams else 'no'}")
+    if model.calibration is not None:
+        cal = model.calibration
+        print(f"Calibrated tree budget on this device: {cal.budget} nodes "
+              f"(expected {cal.expected_speedup:.2f}x plain; 1 means plain decoding wins here)")
+    print()
     run(model, tokenizer, "Hello", False, 4)  # warm-up
     same_all = True
     for prompt in args.prompt or PROMPTS:

@@ -108,6 +108,9 @@ def make_methods(model, args) -> Dict[str, Callable]:
             drafter=StreamDrafter(TreeShape("cartesian", (2, 2, 1, 1)))
         ),
         "ss_best_first": dict(drafter=StreamDrafter(TreeShape(budget=16))),
+        "ss_best_first_accepted_pass": dict(
+            drafter=StreamDrafter(TreeShape(budget=16)), stream_pass="accepted"
+        ),
         "ss_pruned": dict(
             drafter=StreamDrafter(TreeShape(budget=16)),
             prune_threshold=args.prune_threshold,
