@@ -4,14 +4,7 @@
 import argparse
 import sys
 
-import mlx.core as mx
-
-from .generate import (
-    add_decoding_args,
-    decoding_kwargs,
-    ensure_calibrated,
-    stream_generate,
-)
+from .generate import add_decoding_args, load_from_args, stream_generate
 
 
 def chat_loop(
@@ -53,8 +46,6 @@ def chat_loop(
 
 
 def main(argv=None) -> None:
-    from .utils import load
-
     parser = argparse.ArgumentParser(
         prog="mlx-specstream chat", description="Chat with a model."
     )
@@ -62,11 +53,7 @@ def main(argv=None) -> None:
     parser.add_argument("--system-prompt", default=None)
     args = parser.parse_args(argv)
     try:
-        if args.seed is not None:
-            mx.random.seed(args.seed)
-        kwargs = decoding_kwargs(args)
-        model, tokenizer = load(args.model)
-        ensure_calibrated(model, tokenizer, kwargs)
+        model, tokenizer, kwargs = load_from_args(args)
         if not tokenizer.chat_template:
             raise ValueError(f"{args.model}: the tokenizer has no chat template")
     except (ValueError, FileNotFoundError) as e:

@@ -313,6 +313,18 @@ def decoding_kwargs(args) -> dict:
     )
 
 
+def load_from_args(args) -> tuple:
+    """Seed, decoding keyword arguments, model and tokenizer for a CLI command."""
+    from .utils import load
+
+    if args.seed is not None:
+        mx.random.seed(args.seed)
+    kwargs = decoding_kwargs(args)
+    model, tokenizer = load(args.model)
+    ensure_calibrated(model, tokenizer, kwargs)
+    return model, tokenizer, kwargs
+
+
 def ensure_calibrated(model: Model, tokenizer: TokenizerWrapper, kwargs: dict) -> None:
     """Calibrate the tree budget on first use (CLI and demos), when it will be used."""
     if model.calibration is not None or not model.has_streams:
@@ -336,8 +348,6 @@ def main(argv=None) -> None:
     import argparse
     import sys
 
-    from .utils import load
-
     parser = argparse.ArgumentParser(
         prog="mlx-specstream generate", description="Generate text."
     )
@@ -349,11 +359,7 @@ def main(argv=None) -> None:
     parser.add_argument("--ignore-chat-template", action="store_true")
     args = parser.parse_args(argv)
     try:
-        if args.seed is not None:
-            mx.random.seed(args.seed)
-        kwargs = decoding_kwargs(args)
-        model, tokenizer = load(args.model)
-        ensure_calibrated(model, tokenizer, kwargs)
+        model, tokenizer, kwargs = load_from_args(args)
         prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
         if not args.ignore_chat_template:
             prompt = apply_chat_template(tokenizer, prompt, args.system_prompt)
