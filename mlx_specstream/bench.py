@@ -62,6 +62,8 @@ def load_prompts(data: Optional[str], per_task: int) -> List[tuple]:
     prompts = [("chat", p) for p in CHAT_PROMPTS]
     if data:
         for f in sorted(Path(data).glob("*_test.jsonl")):
+            if f.stem.startswith("subset"):  # a mix of the task files, not a task
+                continue
             rows = [
                 json.loads(line) for line in f.read_text().splitlines() if line.strip()
             ]
@@ -119,7 +121,7 @@ def make_methods(model, args) -> Dict[str, Callable]:
             drafter=StreamDrafter(TreeShape(budget=budget))
         ),
         "ss_plus_lookup": dict(
-            drafter=MixedDrafter(StreamDrafter(TreeShape(budget=budget)))
+            drafter=MixedDrafter(StreamDrafter(TreeShape(budget=16)))
         ),
         "prompt_lookup": dict(drafter=PromptLookupDrafter()),
     }
@@ -135,7 +137,7 @@ def make_methods(model, args) -> Dict[str, Callable]:
         from .medusa import MedusaDrafter, load_medusa
 
         heads = load_medusa(args.medusa)
-        drafter = MedusaDrafter(heads, TreeShape(budget=budget))
+        drafter = MedusaDrafter(heads, TreeShape(budget=16))
         methods["medusa"] = lambda ids: _ours(
             model, tok, ids, args.max_tokens, drafter=drafter
         )
@@ -232,7 +234,7 @@ def write_report(report: Dict, out: Path, header: str) -> None:
     for task, ms in report["by_task"].items():
         lines.append(
             f"| {task} | "
-            + " | ".join(f"{ms[n]['tokens_per_pass']:.2f}" for n in ms)
+            + " | ".join(f"{ms[n]['tokens_per_pass']:.2f}" for n in report["methods"])
             + " |"
         )
     (out / "bench.md").write_text("\n".join(lines) + "\n")
