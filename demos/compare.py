@@ -24,10 +24,14 @@ PROMPTS = [
 
 def run(model, tokenizer, prompt, speculative, max_tokens):
     from mlx_specstream import stream_generate
+    from mlx_specstream.tree import TreeShape
 
     text, last = "", None
+    # A fixed 16-node tree, so the demo always shows the streams at work; the
+    # calibrated default may pick plain decoding where that is faster.
+    tree = TreeShape(budget=16)
     for last in stream_generate(
-        model, tokenizer, prompt, max_tokens=max_tokens, speculative=speculative
+        model, tokenizer, prompt, max_tokens=max_tokens, speculative=speculative, tree=tree
     ):
         text += last.text
     return text, last
