@@ -59,9 +59,8 @@ def verify_costs(model, sizes, prefix: int, reps: int) -> dict:
     import mlx.core as mx
     import numpy as np
 
-    from mlx_specstream.decoder import prefill
+    from mlx_specstream.decoder import _forward_tree, prefill
     from mlx_specstream.models.cache import make_cache
-    from mlx_specstream.models.msa import Rows
     from mlx_specstream.tree import Tree, best_first_paths
 
     rng = np.random.default_rng(0)
@@ -79,16 +78,8 @@ def verify_costs(model, sizes, prefix: int, reps: int) -> dict:
         for _ in range(reps + 1):
             for kind in times:
                 tic = time.perf_counter()
-                rows = Rows.tree(tree.ancestor_mask, tree.depths, prefix, model.streams)
-                h = model.run_layers(
-                    model.embed(mx.array(tree.tokens)), rows, cache, 0, model.split
-                )
-                if kind == "with_streams":
-                    rows = rows.with_streams(list(range(tree.size)))
-                    s = model.streams.insert_streams(h[0]).reshape(1, -1, h.shape[-1])
-                    h = mx.concatenate([h, s], axis=1)
-                h = model.run_layers(h, rows, cache, model.split, len(model.layers))
-                mx.eval(mx.argmax(model.logits(h[0, : tree.size]), axis=-1))
+                p = _forward_tree(model, cache, tree, 0.0, kind == "with_streams")
+                mx.eval(mx.argmax(model.logits(p.h_top[0, : tree.size]), axis=-1))
                 times[kind].append(time.perf_counter() - tic)
                 for c in cache:
                     c.offset = prefix

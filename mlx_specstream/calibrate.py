@@ -27,11 +27,10 @@ from typing import Dict, List, Optional, Sequence, Union
 import mlx.core as mx
 import numpy as np
 
-from .decoder import generate_step, prefill
+from .decoder import _forward_tree, generate_step, prefill
 from .drafters import Drafter, StreamDrafter, StreamTopK
 from .models.cache import make_cache
 from .models.llama import Model
-from .models.msa import Rows
 from .tree import Tree, TreeShape
 
 DEFAULT_BUDGETS = (1, 2, 4, 6, 8, 12, 16, 24, 32)
@@ -96,16 +95,9 @@ def measure_costs(
 def _verify_pass(
     model: Model, cache: list, tree: Tree, prefix: int, streams: bool
 ) -> None:
-    rows = Rows.tree(tree.ancestor_mask, tree.depths, prefix, model.streams)
-    h = model.run_layers(
-        model.embed(mx.array(tree.tokens)), rows, cache, 0, model.split
-    )
-    if streams:
-        rows = rows.with_streams(list(range(tree.size)))
-        s = model.streams.insert_streams(h[0]).reshape(1, -1, h.shape[-1])
-        h = mx.concatenate([h, s], axis=1)
-    h = model.run_layers(h, rows, cache, model.split, len(model.layers))
-    mx.eval(mx.argmax(model.logits(h[0, : tree.size]), axis=-1))
+    """Time the decoder's own verify pass, then drop what it wrote to the cache."""
+    p = _forward_tree(model, cache, tree, 0.0, streams)
+    mx.eval(mx.argmax(model.logits(p.h_top[0, : tree.size]), axis=-1))
     for c in cache:
         c.offset = prefix
 
@@ -119,7 +111,10 @@ def stream_candidates(model: Model, tokens: Sequence[int], k: int) -> StreamTopK
 
 
 def replay(
-    cands: StreamTopK, seq: Sequence[int], start: int, drafter: Union[TreeShape, Drafter]
+    cands: StreamTopK,
+    seq: Sequence[int],
+    start: int,
+    drafter: Union[TreeShape, Drafter],
 ) -> tuple:
     """Passes and tokens greedy Speculative Streaming needs for ``seq[start:]``.
 
