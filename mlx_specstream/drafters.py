@@ -27,8 +27,10 @@ class StreamTopK:
 
 def topk_logprobs(logits: mx.array, k: int) -> StreamTopK:
     """(γ, V) logits -> the top ``k`` log-probabilities per row, most probable first."""
-    lp = logits.astype(mx.float32)
-    lp = np.array(lp - mx.logsumexp(lp, axis=-1, keepdims=True))  # host sync
+    # Normalised on the host: numpy's exp is vectorised, MLX's CPU exp is not.
+    lp = np.array(logits.astype(mx.float32))  # host sync
+    m = lp.max(axis=-1, keepdims=True)
+    lp -= m + np.log(np.exp(lp - m).sum(axis=-1, keepdims=True))
     k = min(k, lp.shape[-1])
     # numpy's partition on the host is faster than MLX's on the CPU backend.
     idx = np.argpartition(-lp, k - 1, axis=-1)[:, :k]

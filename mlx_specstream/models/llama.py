@@ -15,6 +15,7 @@ from mlx_lm.models.base import BaseModelArgs
 from mlx_lm.models.rope_utils import initialize_rope
 
 from ..format import StreamArgs
+from . import fast_ops
 from .msa import Rows
 from .streams import StreamParams
 
@@ -70,14 +71,45 @@ class ModelArgs(BaseModelArgs):
         }
 
 
-def apply_rope(rope: nn.Module, x: mx.array, positions: Positions) -> mx.array:
-    """RoPE on (1, R, n_heads, head_dim) rows at arbitrary per-row positions."""
+def apply_rope(
+    rope: nn.Module, x: mx.array, positions: Positions, tables: Optional[tuple] = None
+) -> mx.array:
+    """RoPE on (1, R, n_heads, head_dim) rows at arbitrary per-row positions.
+
+    ``tables`` (from ``rope_tables``) rotate with multiplies only; MLX's per-row rope
+    recomputes sines and cosines for every head of every layer, slowly on CPU.
+    """
     if isinstance(positions, int):
         return rope(x.transpose(0, 2, 1, 3), offset=positions)
+    if tables is not None:
+        return fast_ops.rotate(x, *tables).transpose(0, 2, 1, 3)
     _, R, H, D = x.shape
     # Each row becomes its own batch entry so fast.rope takes one offset per row.
     x = rope(x.reshape(R, 1, H, D).transpose(0, 2, 1, 3), offset=positions)
     return x.transpose(2, 1, 0, 3)  # (R, H, 1, D) -> (1, H, R, D)
+
+
+def rope_tables(rope: nn.Module, positions: mx.array, head_dim: int) -> Optional[tuple]:
+    """(cos, sin, traditional) of each row's rotation, read off ``rope`` itself.
+
+    Rotating a unit vector gives cos and sin in the slots of each rotated pair, so
+    any RoPE variant (scaled, YaRN, ...) is covered. None where the module rotates
+    only part of the head or does not say how it pairs dimensions.
+    """
+    traditional = getattr(rope, "traditional", None)
+    if getattr(rope, "dims", None) != head_dim or traditional is None:
+        return None
+    half = head_dim // 2
+    unit = mx.zeros((head_dim,))
+    unit = unit.at[0::2].add(1.0) if traditional else unit.at[:half].add(1.0)
+    R = positions.size
+    out = apply_rope(rope, mx.broadcast_to(unit, (1, R, 1, head_dim)), positions)
+    out = out[0, 0]  # (R, head_dim)
+    cos, sin = (
+        (out[:, 0::2], out[:, 1::2]) if traditional else (out[:, :half], out[:, half:])
+    )
+    # (R, half) -> (1, R, 1, half): broadcast over heads
+    return cos[None, :, None], sin[None, :, None], traditional
 
 
 class Attention(nn.Module):
@@ -89,6 +121,7 @@ class Attention(nn.Module):
             args.num_key_value_heads,
         )
         self.scale = hd**-0.5
+        self.head_dim = hd
         qkv_bias = args.qkv_bias
         self.q_proj = nn.Linear(dim, self.n_heads * hd, bias=qkv_bias)
         self.k_proj = nn.Linear(dim, self.n_kv_heads * hd, bias=qkv_bias)
@@ -107,13 +140,20 @@ class Attention(nn.Module):
         q = rows.linear(self.q_proj, x, "self_attn.q_proj")
         k = rows.linear(self.k_proj, x, "self_attn.k_proj")
         v = rows.linear(self.v_proj, x, "self_attn.v_proj")
-        q = apply_rope(self.rope, q.reshape(1, R, self.n_heads, -1), rows.positions)
-        k = apply_rope(self.rope, k.reshape(1, R, self.n_kv_heads, -1), rows.positions)
+        tables = rows.rope_tables(self.rope, self.head_dim)
+        q = q.reshape(1, R, self.n_heads, -1)
+        q = apply_rope(self.rope, q, rows.positions, tables)
+        k = k.reshape(1, R, self.n_kv_heads, -1)
+        k = apply_rope(self.rope, k, rows.positions, tables)
         v = v.reshape(1, R, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         k, v = rows.keys_values(k, v, cache)
-        out = mx.fast.scaled_dot_product_attention(
-            q, k, v, scale=self.scale, mask=rows.mask
-        )
+        if isinstance(rows.mask, mx.array):
+            mask = rows.attention_mask(k.shape[2])
+            out = fast_ops.attention(q, k, v, self.scale, mask)
+        else:  # one row, or a causal prefill from position 0
+            out = mx.fast.scaled_dot_product_attention(
+                q, k, v, scale=self.scale, mask=rows.mask
+            )
         out = out.transpose(0, 2, 1, 3).reshape(1, R, -1)
         return rows.linear(self.o_proj, out, "self_attn.o_proj")
 
@@ -129,7 +169,7 @@ class MLP(nn.Module):
     def __call__(self, x: mx.array, rows: Rows) -> mx.array:
         g = rows.linear(self.gate_proj, x, "mlp.gate_proj")
         u = rows.linear(self.up_proj, x, "mlp.up_proj")
-        return rows.linear(self.down_proj, nn.silu(g) * u, "mlp.down_proj")
+        return rows.linear(self.down_proj, fast_ops.swiglu(g, u), "mlp.down_proj")
 
 
 class TransformerBlock(nn.Module):

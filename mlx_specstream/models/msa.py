@@ -19,6 +19,7 @@ from typing import Any, List, Optional, Union
 import mlx.core as mx
 import numpy as np
 
+from .fast_ops import KEY_BUCKET
 from .streams import StreamParams
 
 
@@ -33,6 +34,8 @@ class Rows:
     main_positions: Optional[np.ndarray] = None  # (L,)
     num_stream: int = 0
     layer: int = 0
+    _padded: Optional[tuple] = None  # (mask, mask widened by attention_mask)
+    _rope: Optional[tuple] = None  # (positions, tables from rope_tables)
 
     @classmethod
     def causal(cls, L: int, offset: int, streams: StreamParams) -> "Rows":
@@ -113,7 +116,36 @@ class Rows:
             # buffer (a concatenated copy made MLX's CPU attention ~30x slower);
             # rolling the offset back drops them: stream K/V are never cached.
             cache.offset -= self.num_stream
+        if isinstance(self.mask, mx.array):
+            # Read keys up to the next bucket boundary (masked out below) so the
+            # compiled softmax keeps one shape for KEY_BUCKET tokens.
+            P = K.shape[2]
+            padded = min(-(-P // KEY_BUCKET) * KEY_BUCKET, cache.keys.shape[2])
+            if padded > P:
+                K, V = cache.keys[..., :padded, :], cache.values[..., :padded, :]
         return K, V
+
+    def rope_tables(self, rope: Any, head_dim: int) -> Optional[tuple]:
+        """RoPE cos/sin for these rows' positions, made once per pass (all layers
+        share one rope)."""
+        if isinstance(self.positions, int):
+            return None
+        if self._rope is None or self._rope[0] is not self.positions:
+            from .llama import rope_tables  # llama.py imports this module
+
+            self._rope = (self.positions, rope_tables(rope, self.positions, head_dim))
+        return self._rope[1]
+
+    def attention_mask(self, num_keys: int) -> Optional[mx.array]:
+        """The bool mask widened with invisible columns to ``num_keys`` keys."""
+        if not isinstance(self.mask, mx.array) or self.mask.shape[1] == num_keys:
+            return self.mask
+        if self._padded is None or self._padded[0] is not self.mask:
+            pad = mx.zeros(
+                (self.mask.shape[0], num_keys - self.mask.shape[1]), mx.bool_
+            )
+            self._padded = (self.mask, mx.concatenate([self.mask, pad], axis=1))
+        return self._padded[1]
 
 
 def _with_prefix(local: np.ndarray, offset: int) -> np.ndarray:

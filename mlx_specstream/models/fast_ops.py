@@ -1,0 +1,103 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""SiLU and masked attention built on a vectorisable exp.
+
+On the x86 CPU wheel, MLX's ``exp`` (and so ``sigmoid``, ``softmax`` and the softmax
+inside ``scaled_dot_product_attention``) runs at about 20 ns per element, 40x slower than
+a multiply. A plain decode step barely notices (one row), but a verify pass has T rows,
+and stream rows add T * γ more, so SiLU and attention softmax came to about a third of
+a 16-node pass, growing with the context. Here exp is range-reduced (Cody-Waite) to
+``2^n * e^r`` with a degree-7 polynomial for ``e^r``: only multiplies, adds and a bit
+shift, fused by ``mx.compile``. Its error (about 1e-7 relative) is below MLX's own exp.
+"""
+
+from typing import Callable, Optional
+
+import mlx.core as mx
+
+_LOG2E = 1.4426950408889634
+# ln 2 split so that n * _LN2_HI is exact for |n| < 2^9 (Cody-Waite).
+_LN2_HI = 0.693359375
+_LN2_LO = -2.12194440e-4
+# Taylor coefficients of e^r, highest first; |r| <= ln(2) / 2 keeps the
+# truncation error below float32 rounding.
+_COEFFS = (1 / 5040, 1 / 720, 1 / 120, 1 / 24, 1 / 6, 0.5, 1.0, 1.0)
+# Attention keys are padded to a multiple of this, so the compiled softmax sees a
+# new shape every KEY_BUCKET tokens rather than every step (``view`` has no
+# shapeless form, so each shape is traced once).
+KEY_BUCKET = 64
+
+
+def _exp(x: mx.array) -> mx.array:
+    dtype = x.dtype
+    x = mx.clip(x.astype(mx.float32), -87.0, 88.0)
+    n = mx.floor(x * _LOG2E + 0.5)
+    r = (x - n * _LN2_HI) - n * _LN2_LO
+    p = _COEFFS[0]
+    for c in _COEFFS[1:]:
+        p = p * r + c
+    # 2^n written straight into the exponent bits.
+    two_n = mx.left_shift(n.astype(mx.int32) + 127, 23).view(mx.float32)
+    return (p * two_n).astype(dtype)
+
+
+def _swiglu(gate: mx.array, up: mx.array) -> mx.array:
+    return gate / (1 + _exp(-gate)) * up
+
+
+def _masked_softmax(scores: mx.array, mask: mx.array) -> mx.array:
+    scores = mx.where(mask, scores, -mx.inf)
+    m = mx.max(scores, axis=-1, keepdims=True)
+    e = mx.where(mask, _exp(scores - m), 0)
+    return e / mx.sum(e, axis=-1, keepdims=True)
+
+
+def _rotate(x: mx.array, cos: mx.array, sin: mx.array, traditional: bool) -> mx.array:
+    if traditional:  # pairs (2i, 2i + 1)
+        a, b = x[..., 0::2], x[..., 1::2]
+        return mx.stack([a * cos - b * sin, a * sin + b * cos], axis=-1).reshape(
+            x.shape
+        )
+    a, b = mx.split(x, 2, axis=-1)
+    return mx.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
+
+
+def _compiled(fn: Callable, *example: mx.array) -> Callable:
+    """``mx.compile(fn)`` where this MLX can compile (its CPU backend needs a C++
+    compiler at run time); else ``fn``, which still beats ``mx.exp`` by about 2x."""
+    compiled = mx.compile(fn)
+    try:
+        mx.eval(compiled(*example))
+        return compiled
+    except Exception:  # noqa: BLE001 - whatever failed, run the same ops eagerly
+        return fn
+
+
+_x = mx.zeros((1, 2))
+exp = _compiled(_exp, _x)
+swiglu = _compiled(_swiglu, _x, _x)  # silu(gate) * up, the Llama MLP activation
+# RoPE by tables: x (1, R, H, D), cos and sin (1, R, 1, D / 2).
+rotate = _compiled(
+    _rotate, mx.zeros((1, 1, 1, 2)), *(mx.ones((1, 1, 1, 1)),) * 2, False
+)
+masked_softmax = _compiled(_masked_softmax, _x, mx.ones((1, 2), dtype=mx.bool_))
+
+
+def attention(
+    q: mx.array, k: mx.array, v: mx.array, scale: float, mask: Optional[mx.array]
+) -> mx.array:
+    """Scaled dot-product attention with grouped K/V heads and a boolean mask.
+
+    Args:
+        q: (1, H, R, D) queries; k, v: (1, KH, P, D) with H a multiple of KH.
+        mask: (R, P) bool, True where a query row may attend; None for one row.
+    """
+    if mask is None:  # one row: MLX's fused kernel, whose softmax is one row long
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
+    B, H, R, D = q.shape
+    KH, P = k.shape[1], k.shape[2]
+    r = H // KH
+    # (1, H, R, D) -> (1, KH, r * R, D): the query heads of one K/V head share a matmul.
+    qg = (q * scale).reshape(B, KH, r * R, D)
+    s = (qg @ k.swapaxes(-1, -2)).reshape(B, KH, r, R, P)
+    p = masked_softmax(s, mask).astype(v.dtype)
+    return (p.reshape(B, KH, r * R, P) @ v).reshape(B, H, R, D)
