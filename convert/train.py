@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--out", required=True, help="output directory")
     a("--mode", choices=("lossless", "shared"), default="lossless")
     a("--resume", action="store_true", help="continue from OUT/trainer_state.pt")
+    a(
+        "--init-streams",
+        help="start from trained streams (a directory with streams.safetensors and "
+        "matching settings), e.g. to fine-tune shipped streams on your own data",
+    )
     a("--seed", type=int, default=0)
     a("--steps", type=int, help="optimizer steps (default: --epochs worth)")
     a("--epochs", type=float, default=1.0)
@@ -133,6 +138,11 @@ def _setup(args, rank: int, world: int, device: torch.device):
     )
     ref = StreamingReference(hf.to(device), sargs)
     ref.init_stream_parameters(torch.Generator().manual_seed(args.seed))
+    if args.init_streams:
+        try:
+            ref.load_streams(args.init_streams)
+        except (ValueError, FileNotFoundError) as e:
+            raise TrainError(f"--init-streams: {e}") from None
     train_ex, dropped = load_examples(args.train, tok, args.max_seq_length)
     valid_ex = (
         load_examples(args.valid, tok, args.max_seq_length)[0] if args.valid else []

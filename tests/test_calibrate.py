@@ -48,11 +48,15 @@ def test_replay_with_prompt_lookup_matches_the_decoder():
     from mlx_specstream.drafters import MixedDrafter, StreamDrafter
 
     tok = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
-    model = tiny_model(4, StreamArgs(num_streams=3, num_stream_layers=3), stream_scale=0.2)
+    model = tiny_model(
+        4, StreamArgs(num_streams=3, num_stream_layers=3), stream_scale=0.2
+    )
     prompt = [7, 3, 9, 12, 7, 3, 9, 12, 40]
     drafter = MixedDrafter(StreamDrafter(TreeShape(budget=6)))
     rs = list(stream_generate(model, tok, prompt, max_tokens=30, drafter=drafter))
     seq = prompt + [t for r in rs for t in r.tokens]
-    passes, _, depths = replay(stream_candidates(model, seq, 6), seq, len(prompt), drafter)
+    passes, _, depths = replay(
+        stream_candidates(model, seq, 6), seq, len(prompt), drafter
+    )
     assert passes == rs[-1].forward_calls
     assert depths == [r.accepted for r in rs[1:]]

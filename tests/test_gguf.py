@@ -408,7 +408,9 @@ def test_registered_model_converts_once(tmp_path, weights, monkeypatch, capfd):
     monkeypatch.setenv("MLX_SPECSTREAM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(registry, "ASSETS", tmp_path / "assets")  # no shipped streams
     path = registry.resolve("smollm2-135m-instruct")
-    assert path.parent == tmp_path / "cache" and path.name.startswith("smollm2-135m-instruct-")
+    assert path.parent == tmp_path / "cache" and path.name.startswith(
+        "smollm2-135m-instruct-"
+    )
     assert "zero (untrained) streams" in capfd.readouterr().err
     assert load_model(path).args.hidden_size == CONFIG["hidden_size"]
     mtime = (path / "model.safetensors").stat().st_mtime_ns

@@ -295,3 +295,31 @@ def test_refuses_to_overwrite_checkpoint(setup, tmp_path, capsys):
     main(_args(setup, tmp_path, "--steps", "1", "--eval-every", "0"))
     _fails(_args(setup, tmp_path, "--steps", "1"))
     assert "holds a checkpoint; pass --resume" in capsys.readouterr().err
+
+
+def test_init_streams_starts_from_trained_streams(setup, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    train(build_parser().parse_args(_args(setup, tmp_path / "a", "--steps", "3")))
+    # lr 0: the run changes nothing, so what it saves is what it started from.
+    train(
+        build_parser().parse_args(
+            _args(
+                setup,
+                tmp_path / "b",
+                "--steps",
+                "1",
+                "--lr",
+                "0",
+                "--init-streams",
+                str(tmp_path / "a"),
+            )
+        )
+    )
+    a, b = (load_file(str(tmp_path / d / STREAMS_FILE)) for d in ("a", "b"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    other = _args(setup, tmp_path / "c", "--steps", "1", "--num-streams", "2")
+    _fails(other + ["--init-streams", str(tmp_path / "a")])
+    assert "--init-streams:" in capsys.readouterr().err

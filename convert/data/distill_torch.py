@@ -25,7 +25,9 @@ def torch_greedy_batches(
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=torch.float32
+    ).eval()
     eos = set(eos_ids)
     pad = next(iter(eos))
     for s in range(0, len(order), batch_size):
