@@ -104,25 +104,26 @@ def make_methods(model, args) -> Dict[str, Callable]:
 
     theirs, their_tok = mlx_lm.load(str(model.path))
     tok = args.tokenizer
-    budget = model.calibration.budget if model.calibration else TreeShape().budget
+    best_first = StreamDrafter(TreeShape(budget=16))
     ss = {
         "ss_cartesian": dict(
-            drafter=StreamDrafter(TreeShape("cartesian", (2, 2, 1, 1)))
+            drafter=StreamDrafter(TreeShape("cartesian", (2, 2, 1, 1))),
+            stream_pass="tree",
         ),
-        "ss_best_first": dict(drafter=StreamDrafter(TreeShape(budget=16))),
-        "ss_best_first_accepted_pass": dict(
-            drafter=StreamDrafter(TreeShape(budget=16)), stream_pass="accepted"
-        ),
+        "ss_best_first": dict(drafter=best_first, stream_pass="tree"),
+        "ss_best_first_accepted_pass": dict(drafter=best_first, stream_pass="accepted"),
         "ss_pruned": dict(
-            drafter=StreamDrafter(TreeShape(budget=16)),
+            drafter=best_first,
+            stream_pass="tree",
             prune_threshold=args.prune_threshold,
         ),
-        f"ss_calibrated_{budget}": dict(
-            drafter=StreamDrafter(TreeShape(budget=budget))
+        "ss_plus_lookup": dict(drafter=MixedDrafter(best_first), stream_pass="tree"),
+        "ss_plus_lookup_accepted_pass": dict(
+            drafter=MixedDrafter(best_first), stream_pass="accepted"
         ),
-        "ss_plus_lookup": dict(
-            drafter=MixedDrafter(StreamDrafter(TreeShape(budget=16)))
-        ),
+        # What users get by default: the tree, stream pass and lookup calibrated
+        # for this device (plain decoding where no tree pays).
+        "ss_calibrated": dict(),
         "prompt_lookup": dict(drafter=PromptLookupDrafter()),
     }
     methods = {
@@ -266,7 +267,8 @@ def _plot(report: Dict, path: Path) -> None:
 
 def main(argv=None) -> None:
     from .blas import active_blas
-    from .calibrate import device_key
+    from .calibrate import describe, device_key
+    from .generate import ensure_calibrated
     from .utils import load
 
     p = argparse.ArgumentParser(
@@ -285,9 +287,12 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     try:
         model, tokenizer = load(args.model)
+        ensure_calibrated(model, tokenizer, {})
+        calibrated = describe(model.calibration) if model.calibration else "none"
         header = (
             f"Machine: {device_key()}; BLAS: {active_blas()}; model: {args.model}; "
-            f"max_tokens {args.max_tokens}; greedy; extra parameters: {extra_parameters(model, args)}"
+            f"max_tokens {args.max_tokens}; greedy; extra parameters: {extra_parameters(model, args)}; "
+            f"ss_calibrated: {calibrated}"
         )
         print(header, file=sys.stderr)
         report = run(model, tokenizer, args)

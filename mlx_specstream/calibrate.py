@@ -1,18 +1,21 @@
 # Copyright © 2026 mlx-specstream authors. Apache-2.0.
-"""Pick the draft tree budget for this device and model.
+"""Pick the draft tree for this device and model.
 
 Speed is tokens per pass over the cost of a pass. Both are measured:
 
-- the cost ``c(T)`` of a verify pass over ``T`` tree nodes (streams included),
-  relative to a plain one-token step, by timing passes on this device;
-- the tokens per pass ``E(T)`` of a best-first tree of ``T`` nodes, by replaying
-  greedy decoding of calibration prompts: the greedy output is the same for every
-  tree, and the streams at every position come from one training-layout pass, so
-  every budget is scored on the same text without decoding again.
+- the cost ``c(T)`` of a decoding step with a tree of ``T`` nodes, relative to a plain
+  one-token step, by timing the decoder's own steps on this device (methods
+  interleaved round by round), for both stream passes: streams for every tree node
+  in the verify pass (the paper's layout) or only for the accepted node, afterwards;
+- the tokens per pass ``E(T)`` of a best-first tree of ``T`` nodes, with and without
+  a prompt-lookup chain in the tree, by replaying greedy decoding of calibration
+  prompts: the greedy output is the same for every tree, and the streams at every
+  position come from one training-layout pass, so every tree is scored on the same
+  text without decoding again.
 
-The budget with the largest ``E(T) / c(T)`` wins; ``T = 1`` (plain decoding) is a
-candidate, so the choice is never expected to be slower than plain decoding.
-Results are cached per model and device.
+The (budget, stream pass, lookup) with the largest ``E(T) / c(T)`` wins; ``T = 1``
+(plain decoding) is a candidate, so the choice is never expected to be slower than
+plain decoding. Results are cached per model and device.
 """
 
 import hashlib
@@ -20,20 +23,22 @@ import json
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import mlx.core as mx
 import numpy as np
 
-from .decoder import _forward_tree, generate_step, prefill
-from .drafters import Drafter, StreamDrafter, StreamTopK
-from .models.cache import make_cache
+from .decoder import DecodeOptions, generate_step, speculative_generate_step
+from .drafters import Drafter, MixedDrafter, StreamDrafter, StreamTopK
 from .models.llama import Model
-from .tree import Tree, TreeShape
+from .tree import TreeShape
 
-DEFAULT_BUDGETS = (1, 2, 4, 6, 8, 12, 16, 24, 32)
+# Bump when what is measured changes: older cached results are then re-measured.
+CALIBRATION_VERSION = 2
+DEFAULT_BUDGETS = (1, 2, 4, 8, 12, 16, 24, 32)
+STREAM_PASSES = ("tree", "accepted")
 CALIBRATION_PROMPTS = (
     "What is the capital of France?",
     "Write a SQL query that lists the name and salary of every employee in the sales "
@@ -50,9 +55,15 @@ CALIBRATION_PROMPTS = (
 class Calibration:
     budget: int  # best-first tree nodes, root included (1: plain decoding)
     device: str
-    costs: Dict[int, float]  # c(T), relative to a one-token step
-    tokens_per_pass: Dict[int, float]  # E(T)
+    costs: Dict[int, float]  # c(T) with the chosen stream pass, relative to plain
+    tokens_per_pass: Dict[int, float]  # E(T) with the chosen drafter
     step_seconds: float  # one plain step
+    stream_pass: str = "tree"
+    prompt_lookup: bool = False
+    # Every measurement: costs by stream pass, tokens per pass by drafter.
+    all_costs: Dict[str, Dict[int, float]] = field(default_factory=dict)
+    all_tokens_per_pass: Dict[str, Dict[int, float]] = field(default_factory=dict)
+    version: int = CALIBRATION_VERSION
 
     @property
     def expected_speedup(self) -> float:
@@ -66,40 +77,50 @@ def device_key() -> str:
     return f"{platform.machine()}|{platform.processor() or platform.system()}|{mx.default_device()}|{active_blas().split(' (')[0]}"
 
 
+def _timed_steps(steps: Iterator) -> Iterator[float]:
+    """Seconds of each step of a decoding generator (the first one, prefill, skipped)."""
+    next(steps)
+    while True:
+        tic = time.perf_counter()
+        next(steps)
+        yield time.perf_counter() - tic
+
+
 def measure_costs(
-    model: Model, sizes: Sequence[int], prefix: int = 128, reps: int = 3
-) -> Dict[int, float]:
-    """Median seconds of a verify pass over a best-first tree of each size."""
+    model: Model,
+    sizes: Sequence[int],
+    stream_passes: Sequence[str] = STREAM_PASSES,
+    prefix: int = 128,
+    rounds: int = 6,
+) -> Dict[str, Dict[int, float]]:
+    """Median seconds per decoding step: ``{stream_pass: {T: s}}``, ``T = 1`` plain.
+
+    Every configuration decodes the same random prompt with the real decoder, one
+    step per configuration per round, so slow spells of a noisy machine hit them all.
+    """
     rng = np.random.default_rng(0)
-    cache = make_cache(model)
-    prefill(
-        model, rng.integers(1, model.args.vocab_size, prefix + 1).tolist(), cache, 512
-    )
-    g = model.streams.args.num_streams
-    out: Dict[int, List[float]] = {T: [] for T in sizes}
-    for r in range(reps + 1):  # round 0 warms up
+    prompt = rng.integers(1, model.args.vocab_size, prefix + 1).tolist()
+    runs = {("plain", 1): _timed_steps(generate_step(prompt, model))}
+    for sp in stream_passes:
         for T in sizes:
-            K = max(1, T)
-            topk = StreamTopK(
-                rng.integers(1, model.args.vocab_size, (g, K)),
-                -np.tile(np.arange(K, dtype=np.float32), (g, 1)),
-            )
-            tree = StreamDrafter(TreeShape(budget=T)).draft(1, topk, [])
-            tic = time.perf_counter()
-            _verify_pass(model, cache, tree, prefix, streams=T > 1)
+            if T > 1:
+                drafter = StreamDrafter(TreeShape(budget=T))
+                options = DecodeOptions(stream_pass=sp)
+                steps = speculative_generate_step(
+                    prompt, model, drafter, options=options
+                )
+                runs[(sp, T)] = _timed_steps(steps)
+    times: Dict[tuple, List[float]] = {k: [] for k in runs}
+    for r in range(rounds + 1):  # round 0 warms up
+        for k, run in runs.items():
+            t = next(run)
             if r:
-                out[T].append(time.perf_counter() - tic)
-    return {T: statistics.median(v) for T, v in out.items()}
-
-
-def _verify_pass(
-    model: Model, cache: list, tree: Tree, prefix: int, streams: bool
-) -> None:
-    """Time the decoder's own verify pass, then drop what it wrote to the cache."""
-    p = _forward_tree(model, cache, tree, 0.0, streams)
-    mx.eval(mx.argmax(model.logits(p.h_top[0, : tree.size]), axis=-1))
-    for c in cache:
-        c.offset = prefix
+                times[k].append(t)
+    plain = statistics.median(times[("plain", 1)])
+    return {
+        sp: {1: plain, **{T: statistics.median(times[(sp, T)]) for T in sizes if T > 1}}
+        for sp in stream_passes
+    }
 
 
 def stream_candidates(model: Model, tokens: Sequence[int], k: int) -> StreamTopK:
@@ -151,13 +172,18 @@ def calibrate(
     max_tokens: int = 64,
     verbose: bool = False,
 ) -> Calibration:
-    """Measure this device and the model's streams; return the best tree budget."""
+    """Measure this device and the model's streams; return the best tree."""
     from .generate import apply_chat_template, encode_prompt
 
-    costs = measure_costs(model, budgets)
-    base = costs[budgets[0]] if budgets[0] == 1 else measure_costs(model, [1])[1]
-    rel = {T: c / base for T, c in costs.items()}
-    passes = {T: 0 for T in budgets}
+    budgets = sorted({1, *budgets})
+    seconds = measure_costs(model, budgets)
+    base = seconds[STREAM_PASSES[0]][1]
+    costs = {sp: {T: s / base for T, s in c.items()} for sp, c in seconds.items()}
+    drafters = {
+        "streams": lambda T: StreamDrafter(TreeShape(budget=T)),
+        "streams+lookup": lambda T: MixedDrafter(StreamDrafter(TreeShape(budget=T))),
+    }
+    passes = {d: {T: 0 for T in budgets} for d in drafters}
     total = 0
     for p in prompts:
         ids = encode_prompt(tokenizer, apply_chat_template(tokenizer, p))
@@ -168,20 +194,35 @@ def calibrate(
             out.append(t)
         seq = ids + out
         cands = stream_candidates(model, seq, max(budgets))
-        for T in budgets:
-            n, tokens, _ = replay(cands, seq, len(ids), TreeShape(budget=T))
-            passes[T] += n
+        for d, make in drafters.items():
+            for T in budgets:
+                passes[d][T] += replay(cands, seq, len(ids), make(T))[0]
         total += len(out)
-    tpp = {T: total / max(1, passes[T]) for T in budgets}
-    best = max(budgets, key=lambda T: tpp[T] / rel[T])
-    cal = Calibration(best, device_key(), rel, tpp, base)
+    tpp = {d: {T: total / max(1, n) for T, n in v.items()} for d, v in passes.items()}
+    choices = [(T, sp, d) for T in budgets for sp in costs for d in tpp]
+    T, sp, d = max(choices, key=lambda c: tpp[c[2]][c[0]] / costs[c[1]][c[0]])
+    if T == 1:
+        sp, d = STREAM_PASSES[0], "streams"
+    cal = Calibration(
+        T, device_key(), costs[sp], tpp[d], base, sp, d == "streams+lookup", costs, tpp
+    )
     if verbose:
         for T in budgets:
-            print(
-                f"  T={T:3d}: cost {rel[T]:.2f}x, {tpp[T]:.2f} tokens/pass, "
-                f"expected {tpp[T] / rel[T]:.2f}x plain"
-            )
+            row = ", ".join(f"{k} {c[T]:.2f}x" for k, c in costs.items())
+            e = ", ".join(f"{k} {v[T]:.2f}" for k, v in tpp.items())
+            print(f"  T={T:3d}: cost ({row}); tokens/pass ({e})")
     return cal
+
+
+def describe(cal: Calibration) -> str:
+    """The choice in words."""
+    if cal.budget == 1:
+        return "plain decoding (no tree pays for itself on this device)"
+    how = "streams + prompt lookup" if cal.prompt_lookup else "streams"
+    return (
+        f"{cal.budget}-node tree from {how}, stream pass {cal.stream_pass!r} "
+        f"(expected {cal.expected_speedup:.2f}x plain)"
+    )
 
 
 def cache_file(model_path: Path) -> Path:
@@ -201,18 +242,23 @@ def cache_file(model_path: Path) -> Path:
 
 
 def load_calibration(model_path: Path) -> Optional[Calibration]:
+    """The cached result for this model and device; None if absent or outdated."""
     f = cache_file(model_path)
     if not f.exists():
         return None
-    d = json.loads(f.read_text())
-    to_int = lambda m: {int(k): v for k, v in m.items()}  # noqa: E731
-    return Calibration(
-        d["budget"],
-        d["device"],
-        to_int(d["costs"]),
-        to_int(d["tokens_per_pass"]),
-        d["step_seconds"],
-    )
+    try:
+        d = json.loads(f.read_text())
+        if d.get("version") != CALIBRATION_VERSION:
+            return None
+        to_int = lambda m: {int(k): v for k, v in m.items()}  # noqa: E731
+        d["costs"], d["tokens_per_pass"] = to_int(d["costs"]), to_int(
+            d["tokens_per_pass"]
+        )
+        for k in ("all_costs", "all_tokens_per_pass"):
+            d[k] = {name: to_int(v) for name, v in d[k].items()}
+        return Calibration(**d)
+    except (ValueError, KeyError, TypeError):  # unreadable: measure again
+        return None
 
 
 def save_calibration(model_path: Path, cal: Calibration) -> Path:
@@ -251,6 +297,4 @@ def main(argv=None) -> None:
         f = save_calibration(path, cal)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    print(
-        f"best tree budget: {cal.budget} nodes (expected {cal.expected_speedup:.2f}x plain); saved {f}"
-    )
+    print(f"best: {describe(cal)}; saved {f}")

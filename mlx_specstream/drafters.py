@@ -64,13 +64,19 @@ class StreamDrafter:
     def top_k(self) -> int:
         return self.shape.top_k
 
-    def paths(self, streams: Optional[StreamTopK]) -> List[Tuple[int, ...]]:
+    def paths(
+        self, streams: Optional[StreamTopK], budget: Optional[int] = None
+    ) -> List[Tuple[int, ...]]:
+        """Draft paths; ``budget`` (best-first only) overrides the shape's."""
         if streams is None:
             return []
         if self.shape.kind == "cartesian":
             return cartesian_paths(streams.tokens, self.shape.branching)
         return best_first_paths(
-            streams.tokens, streams.logprobs, self.shape.budget, self.shape.max_depth
+            streams.tokens,
+            streams.logprobs,
+            budget or self.shape.budget,
+            self.shape.max_depth,
         )
 
     def draft(
@@ -117,7 +123,11 @@ class PromptLookupDrafter:
 
 @dataclass
 class MixedDrafter:
-    """The union of a stream tree and a prompt-lookup chain (shared prefixes merge)."""
+    """A prompt-lookup chain plus a stream tree (shared prefixes merge).
+
+    The stream tree gives up one node per chain token, so the tree stays within the
+    stream drafter's budget: the verify pass costs what the calibration measured.
+    """
 
     streams: StreamDrafter = field(default_factory=StreamDrafter)
     lookup: PromptLookupDrafter = field(default_factory=PromptLookupDrafter)
@@ -129,6 +139,8 @@ class MixedDrafter:
     def draft(
         self, root: int, streams: Optional[StreamTopK], history: Sequence[int]
     ) -> Tree:
-        return Tree.from_paths(
-            root, self.lookup.paths(history) + self.streams.paths(streams)
-        )
+        room = self.streams.shape.budget - 1
+        chain = [p[:room] for p in self.lookup.paths(history)[:1] if room > 0]
+        budget = self.streams.shape.budget - sum(len(p) for p in chain)
+        tree = self.streams.paths(streams, budget) if budget > 1 else []
+        return Tree.from_paths(root, chain + tree)

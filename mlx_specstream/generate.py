@@ -1,6 +1,7 @@
 # Copyright © 2026 mlx-specstream authors. Apache-2.0.
 """Public generation API: ``stream_generate`` and ``generate``, in the mlx-lm idiom."""
 
+import argparse
 import time
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Union
@@ -102,9 +103,9 @@ def stream_generate(
     speculative: bool = True,
     tree: Optional[TreeShape] = None,
     prune_threshold: Optional[float] = None,
-    stream_pass: str = "tree",
+    stream_pass: Optional[str] = None,
     drafter: Optional[Drafter] = None,
-    prompt_lookup: bool = False,
+    prompt_lookup: Optional[bool] = None,
     prefill_step_size: int = 512,
 ) -> Iterator[GenerationResponse]:
     """Generate text, yielding one response per forward pass.
@@ -118,9 +119,12 @@ def stream_generate(
         tree: draft tree shape (default: the budget calibrated for this device when
             ``mlx-specstream calibrate`` has run, else best-first with 16 nodes).
         prune_threshold: early-exit pruning threshold (default: the model's setting).
-        stream_pass: "tree" (streams for every node, one pass) or "accepted".
+        stream_pass: "tree" (streams for every node, one pass) or "accepted" (the
+            accepted node's streams alone, after the pass). Default: calibrated,
+            else "tree".
         drafter: replaces the stream drafter (prompt lookup, tests' oracles).
-        prompt_lookup: add an n-gram chain copied from the prompt/output to each tree.
+        prompt_lookup: put an n-gram chain copied from the prompt/output in each
+            tree, within its budget. Default: calibrated, else False.
 
     Yields:
         ``GenerationResponse``.
@@ -133,6 +137,11 @@ def stream_generate(
     if speculative:
         if prune_threshold is None:
             prune_threshold = model.streams.args.prune_threshold
+        cal = model.calibration
+        if stream_pass is None:
+            stream_pass = cal.stream_pass if cal is not None else "tree"
+        if prompt_lookup is None:
+            prompt_lookup = cal is not None and cal.prompt_lookup
         options = DecodeOptions(prune_threshold, stream_pass, prefill_step_size)
         drafter = _choose_drafter(model, tree, drafter, prompt_lookup)
         speculative = drafter is not None
@@ -284,9 +293,18 @@ def add_decoding_args(parser) -> None:
         "--branching", default="2,2,1,1", help="per-depth top-k of a Cartesian tree"
     )
     parser.add_argument("--prune-threshold", type=float, default=None)
-    parser.add_argument("--stream-pass", choices=["tree", "accepted"], default="tree")
     parser.add_argument(
-        "--prompt-lookup", action="store_true", help="add prompt-lookup drafts"
+        "--stream-pass",
+        choices=["tree", "accepted"],
+        default=None,
+        help="streams for every tree node in the pass, or for the accepted node only "
+        "(default: calibrated)",
+    )
+    parser.add_argument(
+        "--prompt-lookup",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add prompt-lookup drafts to the tree (default: calibrated)",
     )
     parser.add_argument(
         "--verbose", action="store_true", help="print the BLAS in use and timings"
@@ -333,7 +351,7 @@ def ensure_calibrated(model: Model, tokenizer: TokenizerWrapper, kwargs: dict) -
         return
     import sys
 
-    from .calibrate import calibrate, save_calibration
+    from .calibrate import calibrate, describe, save_calibration
 
     print(
         "Calibrating the draft tree for this device (once, about a minute) ...",
@@ -341,7 +359,7 @@ def ensure_calibrated(model: Model, tokenizer: TokenizerWrapper, kwargs: dict) -
     )
     model.calibration = calibrate(model, tokenizer)
     save_calibration(model.path, model.calibration)
-    print(f"Tree budget: {model.calibration.budget} nodes", file=sys.stderr)
+    print(f"Draft tree: {describe(model.calibration)}", file=sys.stderr)
 
 
 def main(argv=None) -> None:

@@ -32,16 +32,43 @@ def test_replay_counts_the_decoders_passes(budget):
     assert depths == [r.accepted for r in rs[1:]]
 
 
-def test_calibrate_picks_a_measured_budget():
+def test_calibrate_picks_the_best_measured_configuration():
     tok = wrap(tiny_hf_tokenizer())
     model = tiny_model(0)
     cal = calibrate(
         model, tok, prompts=["t1 t2 t3", "t9 t8"], budgets=(1, 4, 8), max_tokens=12
     )
-    assert cal.budget in (1, 4, 8)
-    assert cal.costs[1] == 1.0 and cal.tokens_per_pass[1] == 1.0
-    best = max(cal.tokens_per_pass[T] / cal.costs[T] for T in (1, 4, 8))
-    assert cal.expected_speedup == best
+    assert set(cal.all_costs) == {"tree", "accepted"}
+    assert set(cal.all_tokens_per_pass) == {"streams", "streams+lookup"}
+    for c in cal.all_costs.values():
+        assert set(c) == {1, 4, 8} and c[1] == 1.0 and all(v > 0 for v in c.values())
+    rates = {
+        (T, sp, d): e[T] / c[T]
+        for sp, c in cal.all_costs.items()
+        for d, e in cal.all_tokens_per_pass.items()
+        for T in (1, 4, 8)
+    }
+    assert cal.expected_speedup == max(rates.values())
+    drafter = "streams+lookup" if cal.prompt_lookup else "streams"
+    assert rates[(cal.budget, cal.stream_pass, drafter)] == max(rates.values())
+    assert cal.costs == cal.all_costs[cal.stream_pass]
+
+
+def test_outdated_or_corrupt_calibration_is_measured_again(tmp_path, monkeypatch):
+    import json
+
+    from mlx_specstream import calibrate as C
+
+    monkeypatch.setattr(C, "cache_file", lambda path: tmp_path / "cal.json")
+    cal = C.Calibration(4, "dev", {1: 1.0, 4: 1.5}, {1: 1.0, 4: 2.0}, 0.1, "accepted")
+    C.save_calibration(tmp_path, cal)
+    assert C.load_calibration(tmp_path) == cal
+    d = json.loads((tmp_path / "cal.json").read_text())
+    d["version"] = 1
+    (tmp_path / "cal.json").write_text(json.dumps(d))
+    assert C.load_calibration(tmp_path) is None
+    (tmp_path / "cal.json").write_text("{not json")
+    assert C.load_calibration(tmp_path) is None
 
 
 def test_replay_with_prompt_lookup_matches_the_decoder():

@@ -90,3 +90,22 @@ def test_tree_shape_validation():
         TreeShape(budget=0)
     with pytest.raises(ValueError, match="branching"):
         TreeShape("cartesian", (2, 0))
+
+
+def test_mixed_drafter_keeps_the_budget():
+    from mlx_specstream.drafters import MixedDrafter, StreamDrafter, StreamTopK
+    from mlx_specstream.tree import TreeShape
+
+    g, K = 4, 8
+    rng = np.random.default_rng(0)
+    streams = StreamTopK(
+        rng.integers(100, 200, (g, K)),
+        -np.sort(rng.random((g, K)), axis=1) - np.arange(g)[:, None],
+    )
+    history = [5, 6, 7, 8, 9, 10, 5, 6]  # "5 6" recurs: lookup proposes 7 8 9 10 5
+    for budget in (4, 6, 16):
+        drafter = MixedDrafter(StreamDrafter(TreeShape(budget=budget)))
+        tree = drafter.draft(6, streams, history)
+        assert tree.size == budget
+        chain = (7, 8, 9, 10, 5)[: budget - 1]  # the chain comes first
+        assert tree.tokens[1 : 1 + len(chain)] == chain
