@@ -8,7 +8,9 @@ come from one training-layout pass, so each tree is scored on the same text.
 exactly.
 
     python benchmarks/eval_acceptance.py --model smollm2-135m-instruct \\
-        --data data/smollm2/distilled/test.jsonl
+        --data data/smollm2/distilled/test.jsonl --chat
+
+``--chat`` adds generic chat prompts (task "chat"), answered greedily on the spot.
 """
 
 import argparse
@@ -27,6 +29,45 @@ TREES = {
     "best_first_16": ("best_first", 16),
     "best_first_32": ("best_first", 32),
 }
+# Generic chat prompts, none of them in the training data (bench.CHAT_PROMPTS first).
+MORE_CHAT = [
+    "How do I make a good cup of tea?",
+    "What are the main causes of climate change?",
+    "Suggest a name for a small bakery.",
+    "Why is the sky blue?",
+    "Write a short thank-you note to a colleague.",
+    "What is the difference between a list and a tuple in Python?",
+    "Give me a simple recipe for pancakes.",
+    "How can I improve my sleep?",
+]
+
+
+def chat_records(model, tokenizer, max_tokens: int) -> list:
+    """Greedy answers to the chat prompts, in the distill output's layout."""
+    from mlx_specstream.bench import CHAT_PROMPTS
+    from mlx_specstream.decoder import generate_step
+    from mlx_specstream.generate import apply_chat_template, encode_prompt
+
+    records = []
+    for prompt in CHAT_PROMPTS + MORE_CHAT:
+        ids = encode_prompt(tokenizer, apply_chat_template(tokenizer, prompt))
+        out, finish = [], "length"
+        for t in generate_step(ids, model):
+            if t in tokenizer.eos_token_ids:
+                finish = "stop"
+                break
+            out.append(t)
+            if len(out) == max_tokens:
+                break
+        records.append(
+            dict(
+                task="chat",
+                prompt_tokens=ids,
+                completion_tokens=out,
+                finish_reason=finish,
+            )
+        )
+    return records
 
 
 def main():
@@ -38,7 +79,9 @@ def main():
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--data", nargs="+", required=True)
+    p.add_argument("--data", nargs="+", default=[])
+    p.add_argument("--chat", action="store_true", help="add generic chat prompts")
+    p.add_argument("--chat-max-tokens", type=int, default=96)
     p.add_argument("--out", default=None)
     args = p.parse_args()
     model, tokenizer = load(args.model)
@@ -48,26 +91,34 @@ def main():
     for name, (kind, arg) in TREES.items():
         shape = TreeShape(kind, arg) if kind == "cartesian" else TreeShape(budget=arg)
         drafters[name] = StreamDrafter(shape)
-    drafters["best_first_16+lookup"] = MixedDrafter(StreamDrafter(TreeShape(budget=16)))
+    for budget in (16, 32):
+        drafters[f"best_first_{budget}+lookup"] = MixedDrafter(
+            StreamDrafter(TreeShape(budget=budget))
+        )
     drafters["lookup_only"] = PromptLookupDrafter()
 
     passes = defaultdict(lambda: defaultdict(int))
     tokens = defaultdict(int)
     n = 0
-    for f in args.data:
-        for line in open(f):
-            rec = json.loads(line)
-            done = rec["completion_tokens"] + ([eos] if rec["finish_reason"] == "stop" else [])
-            seq = rec["prompt_tokens"] + done
-            cands = stream_candidates(model, seq, 32)
+    records = [json.loads(line) for f in args.data for line in open(f)]
+    if args.chat:
+        records += chat_records(model, tokenizer, args.chat_max_tokens)
+    if not records:
+        sys.exit("error: nothing to score (pass --data and/or --chat)")
+    for rec in records:
+        done = rec["completion_tokens"] + (
+            [eos] if rec["finish_reason"] == "stop" else []
+        )
+        seq = rec["prompt_tokens"] + done
+        cands = stream_candidates(model, seq, 32)
+        for task in (rec["task"], "all"):
+            tokens[task] += len(done)
+        for name, drafter in drafters.items():
+            np_, _, _ = replay(cands, seq, len(rec["prompt_tokens"]), drafter)
             for task in (rec["task"], "all"):
-                tokens[task] += len(done)
-            for name, drafter in drafters.items():
-                np_, _, _ = replay(cands, seq, len(rec["prompt_tokens"]), drafter)
-                for task in (rec["task"], "all"):
-                    passes[task][name] += np_
-            n += 1
-            print(f"\r{n} sequences", end="", file=sys.stderr)
+                passes[task][name] += np_
+        n += 1
+        print(f"\r{n} sequences", end="", file=sys.stderr)
     print(file=sys.stderr)
     table = {t: {d: tokens[t] / passes[t][d] for d in drafters} for t in passes}
     print("| task | " + " | ".join(drafters) + " |")
