@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--prune-rank", type=int, default=8)
     a("--lora-rank", type=int, default=32, help="shared mode LoRA rank")
     a("--lora-alpha", type=float, help="shared mode LoRA alpha (default 2 x rank)")
+    a(
+        "--stream-loss-weight",
+        type=float,
+        default=0.1,
+        help="shared mode: alpha_j of eq. 5, the weight of each stream's loss (main "
+        "is 1); 0 is the no-streams baseline: a plain LoRA fine-tune, streams stay "
+        "at their init",
+    )
     a("--anchors", type=int, default=16, help="lossless: anchors per sequence")
     a("--target", choices=("soft", "hard"), default="hard", help="lossless targets")
     a("--soft-top-k", type=int, default=32, help="lossless: teacher tokens kept")
@@ -171,7 +179,9 @@ def _setup(args, rank: int, world: int, device: torch.device):
     peft_model = add_shared_lora(ref, args.lora_rank, alpha, STREAM_ADAPTER_MODULES)
     ref.to(device)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    task = SharedTask(ref, train_ex, valid_ex, pad, args.batch_size, device)
+    task = SharedTask(
+        ref, train_ex, valid_ex, pad, args.batch_size, device, args.stream_loss_weight
+    )
     return ref, task, peft_model, dropped
 
 

@@ -172,8 +172,9 @@ class SharedTask:
         pad_id: int,
         batch_size: int,
         device: torch.device,
+        alpha_stream: float = 0.1,
     ):
-        self.objective = SharedObjective(ref)
+        self.objective = SharedObjective(ref, alpha_stream=alpha_stream)
         self.train, self.valid, self.pad_id = train, valid, pad_id
         self.batch_size, self.device, self.frozen_time = batch_size, device, 0.0
 

@@ -219,6 +219,31 @@ def test_shared_mode_saves_peft_adapter(setup, tmp_path):
         )
 
 
+def test_shared_stream_loss_weight_zero_is_plain_lora(setup, tmp_path):
+    from safetensors.torch import load_file
+
+    extra = ("--mode", "shared", "--steps", "2", "--lora-rank", "4", "--lr", "1e-2")
+    for name, w in (("streams", "0.1"), ("plain", "0")):
+        argv = _args(setup, tmp_path / name, *extra, "--stream-loss-weight", w)
+        train(build_parser().parse_args(argv))
+    lora = {
+        d: load_file(str(tmp_path / d / "adapter" / "adapter_model.safetensors"))
+        for d in ("streams", "plain")
+    }
+    assert lora["streams"].keys() == lora["plain"].keys()
+    # the stream loss reaches the shared LoRA, so the two fine-tunes differ
+    assert not all(torch.equal(v, lora["plain"][k]) for k, v in lora["streams"].items())
+    streams = {d: load_file(str(tmp_path / d / STREAMS_FILE)) for d in lora}
+    for k in (
+        "stream_embed",
+        "insert.b",
+    ):  # zero at init; only the stream loss moves them
+        assert streams["streams"][k].abs().sum() > 0, k
+        assert not streams["plain"][k].any(), k
+    args = json.loads((tmp_path / "plain" / "train_summary.json").read_text())["args"]
+    assert args["stream_loss_weight"] == 0.0
+
+
 WORKER = """
 import sys, torch, torch.distributed as dist
 from convert.train import build_parser, train
