@@ -278,6 +278,33 @@ def save_calibration(model_path: Path, cal: Calibration) -> Path:
     return f
 
 
+def read_prompts(path: Union[str, Path]) -> List[str]:
+    """Calibration prompts from a file: JSONL records with ``prompt`` (or chat
+    ``messages``, first user turn), or plain text with one prompt per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if path.suffix != ".jsonl":
+        prompts = lines
+    else:
+        prompts = []
+        for i, line in enumerate(lines, 1):
+            try:
+                rec = json.loads(line)
+                prompt = rec.get("prompt") or next(
+                    m["content"] for m in rec["messages"] if m["role"] == "user"
+                )
+            except (ValueError, KeyError, TypeError, StopIteration, AttributeError):
+                raise ValueError(
+                    f"{path}:{i}: expected a 'prompt' string or chat 'messages'"
+                ) from None
+            prompts.append(prompt)
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return prompts
+
+
 def main(argv=None) -> None:
     import argparse
     import sys
@@ -291,16 +318,28 @@ def main(argv=None) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)))
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help="calibrate on your own prompts: JSONL with 'prompt' or chat 'messages', "
+        "or a text file with one prompt per line (default: 5 built-in prompts)",
+    )
     args = p.parse_args(argv)
     try:
         budgets = sorted({1, *(int(b) for b in args.budgets.split(","))})
+        prompts = read_prompts(args.prompts) if args.prompts else CALIBRATION_PROMPTS
         path = resolve(args.model)
         model, tokenizer = load(path)
         from .blas import active_blas
 
         print(f"BLAS: {active_blas()}\nCalibrating {args.model} on {device_key()} ...")
         cal = calibrate(
-            model, tokenizer, budgets=budgets, max_tokens=args.max_tokens, verbose=True
+            model,
+            tokenizer,
+            prompts,
+            budgets=budgets,
+            max_tokens=args.max_tokens,
+            verbose=True,
         )
         f = save_calibration(path, cal)
     except (ValueError, FileNotFoundError) as e:

@@ -87,3 +87,36 @@ def test_replay_with_prompt_lookup_matches_the_decoder():
     )
     assert passes == rs[-1].forward_calls
     assert depths == [r.accepted for r in rs[1:]]
+
+
+def test_read_prompts_from_jsonl_and_text(tmp_path):
+    import json
+
+    from mlx_specstream.calibrate import read_prompts
+
+    f = tmp_path / "p.jsonl"
+    f.write_text(
+        json.dumps({"prompt": "a"})
+        + "\n\n"
+        + json.dumps(
+            {
+                "messages": [
+                    {"role": "system", "content": "s"},
+                    {"role": "user", "content": "b"},
+                ]
+            }
+        )
+        + "\n"
+    )
+    assert read_prompts(f) == ["a", "b"]
+    t = tmp_path / "p.txt"
+    t.write_text("first prompt\n\nsecond prompt\n")
+    assert read_prompts(t) == ["first prompt", "second prompt"]
+    f.write_text(json.dumps({"prompt": "a"}) + "\n" + json.dumps({"x": 1}) + "\n")
+    with pytest.raises(ValueError, match=r"p.jsonl:2: expected"):
+        read_prompts(f)
+    t.write_text("\n\n")
+    with pytest.raises(ValueError, match="no prompts"):
+        read_prompts(t)
+    with pytest.raises(FileNotFoundError):
+        read_prompts(tmp_path / "missing.txt")
