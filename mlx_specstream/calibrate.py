@@ -31,7 +31,13 @@ import mlx.core as mx
 import numpy as np
 
 from .decoder import DecodeOptions, generate_step, speculative_generate_step
-from .drafters import Drafter, MixedDrafter, StreamDrafter, StreamTopK
+from .drafters import (
+    Drafter,
+    MixedDrafter,
+    StreamDrafter,
+    StreamTopK,
+    topk_logprobs,
+)
 from .models.llama import Model
 from .tree import TreeShape
 
@@ -134,9 +140,10 @@ def measure_costs(
 def stream_candidates(model: Model, tokens: Sequence[int], k: int) -> StreamTopK:
     """Top-k stream candidates at every position of a sequence, (L, γ, k)."""
     _, streams = model.all_stream_logits(mx.array(tokens))
-    lp = streams - mx.logsumexp(streams, axis=-1, keepdims=True)
-    idx = mx.argsort(-lp, axis=-1)[..., :k]
-    return StreamTopK(np.array(idx), np.array(mx.take_along_axis(lp, idx, axis=-1)))
+    L, g, V = streams.shape
+    # The decoder's own top-k, so replayed drafts are the decoder's drafts.
+    top = topk_logprobs(streams.reshape(L * g, V), k)
+    return StreamTopK(top.tokens.reshape(L, g, -1), top.logprobs.reshape(L, g, -1))
 
 
 def replay(

@@ -363,7 +363,6 @@ def ensure_calibrated(model: Model, tokenizer: TokenizerWrapper, kwargs: dict) -
 
 
 def main(argv=None) -> None:
-    import argparse
     import sys
 
     parser = argparse.ArgumentParser(

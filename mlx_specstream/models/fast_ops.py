@@ -10,7 +10,7 @@ a 16-node pass, growing with the context. Here exp is range-reduced (Cody-Waite)
 shift, fused by ``mx.compile``. Its error (about 1e-7 relative) is below MLX's own exp.
 """
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import mlx.core as mx
 
@@ -61,38 +61,49 @@ def _rotate(x: mx.array, cos: mx.array, sin: mx.array, traditional: bool) -> mx.
     return mx.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
 
 
-def _compiled(fn: Callable, *example: mx.array) -> Callable:
-    """``mx.compile(fn)`` where this MLX can compile (its CPU backend needs a C++
-    compiler at run time); else ``fn``, which still beats ``mx.exp`` by about 2x."""
-    compiled = mx.compile(fn)
-    try:
-        mx.eval(compiled(*example))
-        return compiled
-    except Exception:  # noqa: BLE001 - whatever failed, run the same ops eagerly
-        return fn
+class _Compiled:
+    """``mx.compile(fn)``, made on first call (not at import), where this MLX can
+    compile: its CPU backend needs a C++ compiler at run time. Elsewhere ``fn`` runs
+    eagerly, which still beats ``mx.exp`` by about 2x."""
+
+    def __init__(self, fn: Callable):
+        self.fn, self.impl = fn, None
+
+    def __call__(self, *args):
+        if self.impl is None:
+            compiled = mx.compile(self.fn)
+            try:
+                out = compiled(*args)
+                mx.eval(out)
+                self.impl = compiled
+                return out
+            except Exception:  # noqa: BLE001 - whatever failed, run the ops eagerly
+                self.impl = self.fn
+        return self.impl(*args)
 
 
-_x = mx.zeros((1, 2))
-exp = _compiled(_exp, _x)
-swiglu = _compiled(_swiglu, _x, _x)  # silu(gate) * up, the Llama MLP activation
-# RoPE by tables: x (1, R, H, D), cos and sin (1, R, 1, D / 2).
-rotate = _compiled(
-    _rotate, mx.zeros((1, 1, 1, 2)), *(mx.ones((1, 1, 1, 1)),) * 2, False
-)
-masked_softmax = _compiled(_masked_softmax, _x, mx.ones((1, 2), dtype=mx.bool_))
+exp = _Compiled(_exp)
+swiglu = _Compiled(_swiglu)  # silu(gate) * up, the Llama MLP activation
+rotate = _Compiled(_rotate)  # x (1, R, H, D), cos and sin (1, R, 1, D / 2)
+masked_softmax = _Compiled(_masked_softmax)
 
 
 def attention(
-    q: mx.array, k: mx.array, v: mx.array, scale: float, mask: Optional[mx.array]
+    q: mx.array,
+    k: mx.array,
+    v: mx.array,
+    scale: float,
+    mask: Optional[Union[mx.array, str]],
 ) -> mx.array:
     """Scaled dot-product attention with grouped K/V heads and a boolean mask.
 
     Args:
         q: (1, H, R, D) queries; k, v: (1, KH, P, D) with H a multiple of KH.
-        mask: (R, P) bool, True where a query row may attend; None for one row.
+        mask: (R, P) bool, True where a query row may attend; None (one row) or
+            "causal" (prefill from position 0) go to MLX's fused kernel.
     """
-    if mask is None:  # one row: MLX's fused kernel, whose softmax is one row long
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
+    if not isinstance(mask, mx.array):
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     B, H, R, D = q.shape
     KH, P = k.shape[1], k.shape[2]
     r = H // KH

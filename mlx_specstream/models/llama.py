@@ -147,13 +147,7 @@ class Attention(nn.Module):
         k = apply_rope(self.rope, k, rows.positions, tables)
         v = v.reshape(1, R, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         k, v = rows.keys_values(k, v, cache)
-        if isinstance(rows.mask, mx.array):
-            mask = rows.attention_mask(k.shape[2])
-            out = fast_ops.attention(q, k, v, self.scale, mask)
-        else:  # one row, or a causal prefill from position 0
-            out = mx.fast.scaled_dot_product_attention(
-                q, k, v, scale=self.scale, mask=rows.mask
-            )
+        out = fast_ops.attention(q, k, v, self.scale, rows.attention_mask(k.shape[2]))
         out = out.transpose(0, 2, 1, 3).reshape(1, R, -1)
         return rows.linear(self.o_proj, out, "self_attn.o_proj")
 
