@@ -267,8 +267,10 @@ def train(args: argparse.Namespace) -> Tuple[Dict, StreamingReference]:
         if evaluating and ((step + 1) % args.eval_every == 0 or done):
             tpp = summarize(run).get("tokens_per_pass", 0.0)
             loss_avg = float(run["loss"] / run["steps"])
+            # Peak memory at every evaluation: a killed run still leaves it in the log.
+            mem = ", ".join(f"{k} {v:.0f}" for k, v in peak_memory_mb(device).items())
             _log(
-                f"step {step + 1}: train loss {loss_avg:.4f}, tokens/pass {tpp:.3f}",
+                f"step {step + 1}: train loss {loss_avg:.4f}, tokens/pass {tpp:.3f}, {mem}",
                 rank,
             )
             run, metrics = {}, evaluate(step + 1)

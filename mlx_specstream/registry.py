@@ -141,7 +141,15 @@ def ensure_registered(name: str) -> Path:
         if (dst / "config.json").is_file():  # another process finished first
             return dst
         raise
+    _remove_stale(name, keep=dst)
     return dst
+
+
+def _remove_stale(name: str, keep: Path) -> None:
+    """Delete conversions made with earlier shipped streams (about 0.5 GB each)."""
+    for old in cache_root().glob(f"{name}-*"):
+        if old != keep and re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{12}}", old.name):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _hf_snapshot(repo_id: str) -> Path:

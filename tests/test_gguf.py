@@ -419,7 +419,11 @@ def test_registered_model_converts_once(tmp_path, weights, monkeypatch, capfd):
     # Shipping new streams gives a new cache entry, not the stale one.
     (tmp_path / "assets" / "smollm2-135m-instruct").mkdir(parents=True)
     (tmp_path / "assets" / "smollm2-135m-instruct" / "note.txt").write_text("v2")
-    assert registry.resolve("smollm2-135m-instruct") != path
+    (tmp_path / "cache" / "smollm2-135m-instruct-mine").mkdir()
+    new = registry.resolve("smollm2-135m-instruct")
+    assert new != path and (new / "config.json").is_file()
+    assert not path.exists()  # the stale conversion is removed
+    assert (tmp_path / "cache" / "smollm2-135m-instruct-mine").is_dir()  # not ours
 
 
 def test_registry_without_network(tmp_path, monkeypatch):
