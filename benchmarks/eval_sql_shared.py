@@ -38,13 +38,13 @@ def plain_batched(path: str, prompts: List[List[int]], max_tokens: int) -> List[
     mlx-lm reads a converted directory as the plain (merged) base model; batching
     makes plain decoding ~6x faster on a CPU than batch 1.
     """
-    from convert.data.distill import _mlx_batches, load
+    from convert.data.distill import mlx_batches, load
     from mlx_specstream.registry import resolve
 
     model, tokenizer = load(resolve(path))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts = [""] * len(prompts)
-    for i, ids, _ in _mlx_batches(model, tokenizer, prompts, order, max_tokens, 64):
+    for i, ids, _ in mlx_batches(model, tokenizer, prompts, order, max_tokens, 64):
         texts[i] = tokenizer.decode(ids)
     return texts
 

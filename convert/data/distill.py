@@ -205,7 +205,7 @@ def distill(
             model_dir, prompts, order, max_tokens, batch_size, tokenizer.eos_token_ids
         )
     else:
-        results = _mlx_batches(model, tokenizer, prompts, order, max_tokens, batch_size)
+        results = mlx_batches(model, tokenizer, prompts, order, max_tokens, batch_size)
     Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(todo), unit="prompt", disable=not progress, file=sys.stderr)
     try:
@@ -227,7 +227,7 @@ def distill(
     return stats
 
 
-def _mlx_batches(model, tokenizer, prompts, order, max_tokens, batch_size):
+def mlx_batches(model, tokenizer, prompts, order, max_tokens, batch_size):
     """Yield ``(prompt index, completion ids without EOS, finish reason)``."""
     from mlx_lm.generate import BatchGenerator
 
