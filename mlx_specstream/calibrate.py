@@ -42,7 +42,7 @@ from .models.llama import Model
 from .tree import TreeShape
 
 # Bump when what is measured changes: older cached results are then re-measured.
-CALIBRATION_VERSION = 2
+CALIBRATION_VERSION = 3
 DEFAULT_BUDGETS = (1, 2, 4, 8, 16, 32)
 STREAM_PASSES = ("tree", "accepted")
 CALIBRATION_PROMPTS = (

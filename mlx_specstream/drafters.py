@@ -72,9 +72,11 @@ class StreamDrafter:
             return []
         if self.shape.kind == "cartesian":
             return cartesian_paths(streams.tokens, self.shape.branching)
+        # (γ, K) - (γ, 1): stream g + 1 ranks g * depth_penalty nats lower.
+        depth = np.arange(streams.logprobs.shape[0])[:, None]
         return best_first_paths(
             streams.tokens,
-            streams.logprobs,
+            streams.logprobs - self.shape.depth_penalty * depth,
             budget or self.shape.budget,
             self.shape.max_depth,
         )
@@ -96,7 +98,7 @@ class PromptLookupDrafter:
 
     max_ngram: int = 3
     min_ngram: int = 1
-    length: int = 5
+    length: int = 8
     top_k: int = 0
 
     def paths(self, history: Sequence[int]) -> List[Tuple[int, ...]]:
@@ -127,6 +129,8 @@ class MixedDrafter:
 
     The stream tree gives up one node per chain token, so the tree stays within the
     stream drafter's budget: the verify pass costs what the calibration measured.
+    The chain takes at most half the budget (a longer one starved small trees on the
+    validation split).
     """
 
     streams: StreamDrafter = field(default_factory=StreamDrafter)
@@ -139,7 +143,7 @@ class MixedDrafter:
     def draft(
         self, root: int, streams: Optional[StreamTopK], history: Sequence[int]
     ) -> Tree:
-        room = self.streams.shape.budget - 1
+        room = self.streams.shape.budget // 2
         chain = [p[:room] for p in self.lookup.paths(history)[:1] if room > 0]
         budget = self.streams.shape.budget - sum(len(p) for p in chain)
         tree = self.streams.paths(streams, budget) if budget > 1 else []

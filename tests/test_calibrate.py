@@ -86,7 +86,9 @@ def test_replay_with_prompt_lookup_matches_the_decoder():
         stream_candidates(model, seq, 6), seq, len(prompt), drafter
     )
     assert passes == rs[-1].forward_calls
-    assert depths == [r.accepted for r in rs[1:]]
+    # The decoder cuts its last tree at max_tokens, so its last token may come as
+    # the correction where the replay accepts it as a draft: compare the others.
+    assert depths[:-1] == [r.accepted for r in rs[1:-1]]
 
 
 def test_read_prompts_from_jsonl_and_text(tmp_path):

@@ -102,10 +102,29 @@ def test_mixed_drafter_keeps_the_budget():
         rng.integers(100, 200, (g, K)),
         -np.sort(rng.random((g, K)), axis=1) - np.arange(g)[:, None],
     )
-    history = [5, 6, 7, 8, 9, 10, 5, 6]  # "5 6" recurs: lookup proposes 7 8 9 10 5
+    history = [5, 6, 7, 8, 9, 10, 5, 6]  # "5 6" recurs: lookup proposes 7 8 9 10 5 6
     for budget in (4, 6, 16):
         drafter = MixedDrafter(StreamDrafter(TreeShape(budget=budget)))
         tree = drafter.draft(6, streams, history)
         assert tree.size == budget
-        chain = (7, 8, 9, 10, 5)[: budget - 1]  # the chain comes first
+        # The chain comes first and takes at most half the budget.
+        chain = (7, 8, 9, 10, 5, 6)[: budget // 2]
         assert tree.tokens[1 : 1 + len(chain)] == chain
+        assert tree.parents[1 + len(chain)] != len(chain)  # the chain stops there
+
+
+def test_depth_penalty_moves_nodes_to_shallow_depths():
+    from mlx_specstream.drafters import StreamDrafter, StreamTopK
+    from mlx_specstream.tree import TreeShape
+
+    # Streams equally sure at every depth: without a penalty the best 8 nodes make
+    # a deep chain plus siblings; the penalty trades deep nodes for wider levels.
+    lp = np.log(np.array([[0.6, 0.2, 0.1, 0.05]] * 4))
+    streams = StreamTopK(np.arange(16).reshape(4, 4) + 100, lp)
+    flat = StreamDrafter(TreeShape(budget=8, depth_penalty=0.0)).draft(1, streams, [])
+    pen = StreamDrafter(TreeShape(budget=8, depth_penalty=1.0)).draft(1, streams, [])
+    assert flat.size == pen.size == 8
+    assert pen.depths.max() < flat.depths.max()
+    assert pen.depths.mean() < flat.depths.mean()
+    with pytest.raises(ValueError, match="depth_penalty"):
+        TreeShape(depth_penalty=-0.1)
