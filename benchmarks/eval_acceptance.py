@@ -96,6 +96,10 @@ def main():
             StreamDrafter(TreeShape(budget=budget))
         )
     drafters["lookup_only"] = PromptLookupDrafter()
+    # Ablation: best-first ranked by the plain joint probability (no depth penalty).
+    drafters["best_first_16_no_penalty"] = StreamDrafter(
+        TreeShape(budget=16, depth_penalty=0.0)
+    )
 
     passes = defaultdict(lambda: defaultdict(int))
     tokens = defaultdict(int)
