@@ -70,7 +70,11 @@ def main():
                 "The demo shows a fixed 16-node tree instead, so the streams are seen."
             )
     print()
-    run(model, tokenizer, "Hello", False, 4)  # warm-up
+    # Warm-up of both decoders (allocation, compiled kernels), so the first prompt's
+    # figures are not the one-off costs.
+    warm = apply_chat_template(tokenizer, "Hello")
+    run(model, tokenizer, warm, False, 16)
+    run(model, tokenizer, warm, True, 16)
     same_all = True
     for prompt in args.prompt or PROMPTS:
         chat = apply_chat_template(tokenizer, prompt)
