@@ -26,9 +26,9 @@ from mlx_specstream.blas import ensure_openblas  # noqa: E402
 ROWS = [
     ("base (untuned)", "base", "plain"),
     ("shared LoRA, no streams (α_j = 0)", "no_streams", "plain"),
-    ("shared LoRA + streams (α_j = 0.1)", "streams", "plain"),
-    ("shared LoRA + streams (α_j = 0.1)", "streams", "tree16"),
-    ("shared LoRA + streams (α_j = 0.1)", "streams", "tree16+lookup"),
+    ("shared LoRA + streams (α_j = {a})", "streams", "plain"),
+    ("shared LoRA + streams (α_j = {a})", "streams", "tree16"),
+    ("shared LoRA + streams (α_j = {a})", "streams", "tree16+lookup"),
 ]
 
 
@@ -90,7 +90,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/smollm2/sql_test.jsonl")
     p.add_argument("--base", default="smollm2-135m-instruct")
-    p.add_argument("--streams", required=True, help="MLX dir, shared mode α_j = 0.1")
+    p.add_argument("--streams", required=True, help="MLX dir, shared mode with streams")
+    p.add_argument(
+        "--stream-loss-weight", default="0.1", help="its α_j (for the table's label)"
+    )
     p.add_argument("--no-streams", required=True, help="MLX dir, shared mode α_j = 0")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--limit", type=int, help="first N test records only")
@@ -129,6 +132,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             failures += n_same != len(records)
             same = f"{n_same}/{len(records)}"
         em, ex = score(texts, records)
+        label = label.format(a=args.stream_loss_weight)
         lines.append(f"| {label} | {mode} | {em:.3f} | {ex:.3f} | {tpp:.2f} | {same} |")
         print(lines[-1], file=sys.stderr)
     table = "\n".join(lines)
