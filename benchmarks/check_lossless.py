@@ -1,19 +1,18 @@
 # Copyright © 2026 mlx-specstream authors. Apache-2.0.
 """Greedy Speculative Streaming against plain greedy decoding on held-out prompts.
 
-The first ``--per-task`` test prompts of each task plus the bench's chat prompts, with
-the largest tree the results report (32 nodes + prompt lookup, accepted-node stream
-pass). Prints each answer's verdict; exits 1 if any answer differs.
+The bench's prompts (``bench.load_prompts``: its chat prompts and the first
+``--per-task`` test prompts of each task), with the largest tree the results report
+(32 nodes + prompt lookup, accepted-node stream pass). Prints each answer's verdict;
+exits 1 if any answer differs.
 
-    python benchmarks/check_lossless.py --data data/smollm2/distilled/test.jsonl --per-task 5
+    python benchmarks/check_lossless.py --data data/smollm2 --per-task 5
 """
 
 import argparse
-import json
 import sys
-from collections import Counter
 from pathlib import Path
-from typing import List, Tuple
+from typing import List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlx_specstream.blas import ensure_openblas  # noqa: E402
@@ -22,28 +21,22 @@ from mlx_specstream.blas import ensure_openblas  # noqa: E402
 def main() -> None:
     ensure_openblas()
     from mlx_specstream import load, stream_generate
-    from mlx_specstream.bench import CHAT_PROMPTS
+    from mlx_specstream.bench import load_prompts
     from mlx_specstream.generate import apply_chat_template, encode_prompt
     from mlx_specstream.tree import TreeShape
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--data", default="data/smollm2/distilled/test.jsonl")
+    p.add_argument("--data", default="data/smollm2", help="folder of *_test.jsonl")
     p.add_argument("--per-task", type=int, default=5)
     p.add_argument("--max-tokens", type=int, default=64)
     args = p.parse_args()
     model, tokenizer = load(args.model)
 
-    prompts: List[Tuple[str, List[int]]] = []
-    taken: Counter = Counter()
-    for line in open(args.data):
-        rec = json.loads(line)
-        if taken[rec["task"]] < args.per_task:
-            taken[rec["task"]] += 1
-            prompts.append((rec["task"], rec["prompt_tokens"]))
-    for text in CHAT_PROMPTS:
-        ids = encode_prompt(tokenizer, apply_chat_template(tokenizer, text))
-        prompts.append(("chat", ids))
+    prompts = [
+        (task, encode_prompt(tokenizer, apply_chat_template(tokenizer, text)))
+        for task, text in load_prompts(args.data, args.per_task)
+    ]
 
     def decode(ids: List[int], speculative: bool) -> tuple:
         kw = dict(tree=TreeShape(budget=32), prompt_lookup=True, stream_pass="accepted")
