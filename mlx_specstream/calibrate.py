@@ -151,11 +151,13 @@ def replay(
     seq: Sequence[int],
     start: int,
     drafter: Union[TreeShape, Drafter],
+    max_tokens: int = -1,
 ) -> tuple:
     """Passes and tokens greedy Speculative Streaming needs for ``seq[start:]``.
 
     The root of each tree is the last emitted token at position r; its drafts come
     from the streams of position r - 1 (stream j predicts token r + j).
+    ``max_tokens`` (-1: none) cuts trees as the decoder does near its limit.
 
     Returns:
         ``(passes, tokens, accepted drafts per pass after prefill)``.
@@ -167,6 +169,8 @@ def replay(
     while r + 1 < len(seq):
         step = StreamTopK(cands.tokens[r - 1], cands.logprobs[r - 1])
         tree = drafter.draft(seq[r], step, seq[: r + 1])
+        if max_tokens >= 0:
+            tree = tree.within(max_tokens - (r - start + 1))
         node, d = 0, 0
         while r + d + 1 < len(seq):
             nxt = [c for c in tree.children[node] if tree.tokens[c] == seq[r + d + 1]]

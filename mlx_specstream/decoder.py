@@ -199,9 +199,8 @@ def speculative_generate_step(
         emitted += len(tokens)
         yield Step(tokens, tree.size, T, len(tokens) - 1)
         tree = drafter.draft(correction, streams, history)
-        if max_tokens >= 0 and tree.depths.max() >= max_tokens - emitted:
-            # A pass emits at most depth + 1 tokens; drafting further is wasted work.
-            tree = tree.truncate_depth(max(0, max_tokens - emitted - 1))
+        if max_tokens >= 0:
+            tree = tree.within(max_tokens - emitted)
 
 
 @dataclass

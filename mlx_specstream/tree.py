@@ -90,6 +90,13 @@ class Tree:
     def truncate_depth(self, max_depth: int) -> "Tree":
         return self.keep([i for i in range(self.size) if self.depths[i] <= max_depth])
 
+    def within(self, tokens_left: int) -> "Tree":
+        """The tree cut so one pass emits at most ``tokens_left`` tokens (a pass emits
+        up to depth + 1); drafting further is wasted work."""
+        if self.depths.max() < tokens_left:
+            return self
+        return self.truncate_depth(max(0, tokens_left - 1))
+
 
 @dataclass(frozen=True)
 class TreeShape:

@@ -58,6 +58,9 @@ def test_keep_reindexes_a_subtree():
     sub = tree.keep([0, 3, 4])
     assert sub.tokens == (0, 3, 4) and sub.parents == (-1, 0, 1)
     assert tree.truncate_depth(1).tokens == (0, 1, 3)
+    assert tree.within(3) is tree  # depth 2: a pass emits at most 3 tokens
+    assert tree.within(2).tokens == (0, 1, 3)
+    assert tree.within(1).tokens == (0,)
 
 
 def test_msa_mask_literal():
