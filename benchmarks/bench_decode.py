@@ -11,13 +11,11 @@ round by round and medians reported, because these machines are noisy.
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlx_specstream.blas import active_blas, ensure_openblas  # noqa: E402
+from mlx_specstream.blas import active_blas, ensure_openblas
 
 SMOLLM2_SHAPE = dict(
     model_type="llama",

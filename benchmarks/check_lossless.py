@@ -11,22 +11,21 @@ exits 1 if any answer differs.
 
 import argparse
 import sys
-from pathlib import Path
 from typing import List
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlx_specstream.blas import ensure_openblas  # noqa: E402
+from mlx_specstream.blas import ensure_openblas
+from mlx_specstream.registry import DEFAULT_MODEL
 
 
 def main() -> None:
     ensure_openblas()
     from mlx_specstream import load, stream_generate
-    from mlx_specstream.bench import load_prompts
-    from mlx_specstream.generate import apply_chat_template, encode_prompt
+    from mlx_specstream.benchmarks.bench import load_prompts
+    from mlx_specstream.prompts import apply_chat_template, encode_prompt
     from mlx_specstream.tree import TreeShape
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--data", default="data/smollm2", help="folder of *_test.jsonl")
     p.add_argument("--per-task", type=int, default=5)
     p.add_argument("--max-tokens", type=int, default=64)

@@ -19,8 +19,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlx_specstream.blas import ensure_openblas  # noqa: E402
+from mlx_specstream.blas import ensure_openblas
+from mlx_specstream.registry import DEFAULT_MODEL
 
 TREES = {
     "chain_top1": ("cartesian", (1, 1, 1, 1)),
@@ -44,9 +44,9 @@ MORE_CHAT = [
 
 def chat_records(model, tokenizer, max_tokens: int) -> list:
     """Greedy answers to the chat prompts, in the distill output's layout."""
-    from mlx_specstream.bench import CHAT_PROMPTS
+    from mlx_specstream.benchmarks.bench import CHAT_PROMPTS
     from mlx_specstream.decoder import generate_step
-    from mlx_specstream.generate import apply_chat_template, encode_prompt
+    from mlx_specstream.prompts import apply_chat_template, encode_prompt
 
     records = []
     for prompt in CHAT_PROMPTS + MORE_CHAT:
@@ -73,12 +73,12 @@ def chat_records(model, tokenizer, max_tokens: int) -> list:
 def main():
     ensure_openblas()
     from mlx_specstream import load
-    from mlx_specstream.calibrate import replay, stream_candidates
+    from mlx_specstream.replay import replay, stream_candidates
     from mlx_specstream.drafters import MixedDrafter, PromptLookupDrafter, StreamDrafter
     from mlx_specstream.tree import TreeShape
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--data", nargs="+", default=[])
     p.add_argument("--chat", action="store_true", help="add generic chat prompts")
     p.add_argument("--chat-max-tokens", type=int, default=96)

@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlx_specstream.blas import ensure_openblas  # noqa: E402
+from mlx_specstream.blas import ensure_openblas
+from mlx_specstream.registry import DEFAULT_MODEL
 
 # (label, model key, decoding): speculative decoding only for the streams model.
 ROWS = [
@@ -38,7 +38,7 @@ def plain_batched(path: str, prompts: List[List[int]], max_tokens: int) -> List[
     mlx-lm reads a converted directory as the plain (merged) base model; batching
     makes plain decoding ~6x faster on a CPU than batch 1.
     """
-    from convert.data.distill import mlx_batches, load
+    from mlx_specstream.train.distill import mlx_batches, load
     from mlx_specstream.registry import resolve
 
     model, tokenizer = load(resolve(path))
@@ -72,7 +72,7 @@ def decode(model, tokenizer, prompts: List[List[int]], mode: str, max_tokens: in
 
 def score(texts: List[str], records: List[dict]) -> Tuple[float, float]:
     """(exact match, execution accuracy) of the first query of each answer."""
-    from convert.data.sql import exact_match, execution_match, extract_sql
+    from mlx_specstream.train.datasets.sql import exact_match, execution_match, extract_sql
 
     em = ex = 0
     for text, rec in zip(texts, records):
@@ -85,11 +85,11 @@ def score(texts: List[str], records: List[dict]) -> Tuple[float, float]:
 def main(argv: Optional[List[str]] = None) -> None:
     ensure_openblas()
     from mlx_specstream import load
-    from mlx_specstream.generate import apply_chat_template, encode_prompt
+    from mlx_specstream.prompts import apply_chat_template, encode_prompt
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/smollm2/sql_test.jsonl")
-    p.add_argument("--base", default="smollm2-135m-instruct")
+    p.add_argument("--base", default=DEFAULT_MODEL)
     p.add_argument("--streams", required=True, help="MLX dir, shared mode with streams")
     p.add_argument(
         "--stream-loss-weight", default="0.1", help="its α_j (for the table's label)"

@@ -6,7 +6,6 @@ Everything here returns MLX arrays keyed by Hugging Face names and raises
 ``pytorch_model.bin`` files, and only with ``weights_only=True``.
 """
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Dict, Optional, Tuple
 
 import mlx.core as mx
 
+from mlx_specstream.files import load_safetensors, read_json
 from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE, StreamArgs
 
 from .errors import ConvertError, ConvertFileNotFoundError
@@ -40,20 +40,6 @@ Weights = Dict[str, mx.array]
 Origins = Dict[str, Path]
 
 
-def read_json(path: Path) -> Dict:
-    """Read a JSON object from ``path``."""
-    if not path.is_file():
-        raise ConvertFileNotFoundError(path, "file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConvertError(path, f"invalid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ConvertError(path, f"expected a JSON object, found {type(data).__name__}")
-    return data
-
-
 def read_hf_config(model_dir: Path) -> Dict:
     """``config.json`` of a supported architecture (llama, mistral, qwen2)."""
     path = model_dir / "config.json"
@@ -74,57 +60,6 @@ def read_hf_config(model_dir: Path) -> Dict:
             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES.values())})",
         )
     return config
-
-
-def check_safetensors(path: Path) -> Dict[str, Dict]:
-    """Check a safetensors file's header and length; return its tensor table.
-
-    mlx reads truncated files lazily and fails late with an unhelpful message, so
-    the header is checked against the file size up front.
-    """
-    if not path.is_file():
-        raise ConvertFileNotFoundError(path, "file not found")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ConvertError(path, f"truncated safetensors file ({size} bytes)")
-        n = int.from_bytes(head, "little")
-        if n > size - 8:
-            raise ConvertError(
-                path,
-                f"truncated or corrupt safetensors file (header of {n} bytes, "
-                f"file of {size} bytes)",
-            )
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ConvertError(path, "corrupt safetensors header (not JSON)") from None
-    if not isinstance(header, dict):
-        raise ConvertError(path, "corrupt safetensors header (not a JSON object)")
-    header.pop("__metadata__", None)
-    try:
-        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
-    except (KeyError, TypeError, ValueError, IndexError):
-        raise ConvertError(
-            path, "corrupt safetensors header (bad data_offsets)"
-        ) from None
-    if 8 + n + end > size:
-        raise ConvertError(
-            path,
-            f"truncated safetensors file: tensors need {8 + n + end} bytes, "
-            f"file has {size}",
-        )
-    return header
-
-
-def load_safetensors(path: Path) -> Weights:
-    """All tensors of one safetensors file, as MLX arrays."""
-    check_safetensors(path)
-    try:
-        return mx.load(str(path))
-    except Exception as e:  # mlx raises RuntimeError / ValueError on bad data
-        raise ConvertError(path, f"cannot read safetensors ({e})") from None
 
 
 def load_torch_bin(path: Path) -> Weights:

@@ -9,10 +9,7 @@ temporary directory beside DST and renamed into place at the end.
 """
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Union
@@ -21,8 +18,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from tqdm import tqdm
 
+from mlx_specstream.files import check_destination, write_atomically
 from mlx_specstream.format import SETTINGS_FILE, StreamArgs
-from mlx_specstream.utils import build_model, normalise_config, save_model
+from mlx_specstream.gguf import find_gguf, read_gguf, save_tokenizer
+from mlx_specstream.model_io import build_model, normalise_config, save_model
 
 from .checkpoint import (
     Origins,
@@ -59,8 +58,6 @@ def _read_hf(src: Path) -> Source:
 
 
 def _read_gguf(src: Path) -> Source:
-    from .gguf import find_gguf, read_gguf, save_tokenizer
-
     gguf = read_gguf(src)
     file = find_gguf(src)
     weights = {}
@@ -118,27 +115,6 @@ def _stream_args(src: Source, streams_dir: Path) -> tuple:
     return args, tensors
 
 
-def _check_destination(dst: Path, force: bool) -> None:
-    if dst.exists() and not force:
-        raise ConvertError(dst, "already exists (use --force to replace it)")
-
-
-def _install(tmp: Path, dst: Path, force: bool) -> None:
-    """Move the finished ``tmp`` to ``dst``; an old ``dst`` goes only with force."""
-    if not dst.exists():
-        os.rename(tmp, dst)
-        return
-    _check_destination(dst, force)
-    old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-    os.rename(dst, old)
-    try:
-        os.rename(tmp, dst)
-    except OSError:
-        os.rename(old, dst)
-        raise
-    shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-
 def convert(
     torch_path: Union[str, Path],
     mlx_path: Union[str, Path],
@@ -182,7 +158,7 @@ def convert(
         raise ConvertError(
             dst, f"unsupported quantization: {q_bits} bits, group size {q_group_size}"
         )
-    _check_destination(dst, force)
+    check_destination(dst, force)
     if src.exists() and dst.exists() and src.resolve() == dst.resolve():
         raise ConvertError(dst, "output is the input checkpoint")
 
@@ -197,7 +173,7 @@ def convert(
         save_model(model, config, tmp)
         source.write_tokenizer(tmp)
 
-    write_atomically(dst, force, write)
+    write_atomically(dst, write, force)
     return dst
 
 
@@ -249,24 +225,6 @@ def _quantize(model, config: Dict, bits: int, group_size: int) -> tuple:
             file=sys.stderr,
         )
     return model, config
-
-
-def write_atomically(dst: Path, force: bool, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` on a temporary directory beside ``dst``, then rename it.
-
-    On any failure the temporary directory is removed and ``dst`` is untouched.
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private (0700)
-        write(tmp)
-        _install(tmp, dst, force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def setup_arg_parser() -> argparse.ArgumentParser:

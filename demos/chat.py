@@ -6,10 +6,8 @@ Multi-turn, with the model's chat template, streaming text, and Ctrl-C safe
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlx_specstream.blas import ensure_openblas  # noqa: E402
+from mlx_specstream.blas import ensure_openblas
 
 if __name__ == "__main__":
     ensure_openblas()

@@ -9,10 +9,9 @@ speculative run needs fewer forward passes.
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlx_specstream.blas import active_blas, ensure_openblas  # noqa: E402
+from mlx_specstream.blas import active_blas, ensure_openblas
+from mlx_specstream.registry import DEFAULT_MODEL
 
 PROMPTS = [
     "What is the capital of France?",
@@ -49,11 +48,12 @@ def run(model, tokenizer, prompt, speculative, max_tokens):
 def main():
     ensure_openblas()
     from mlx_specstream import load
-    from mlx_specstream.calibrate import describe
-    from mlx_specstream.generate import apply_chat_template, ensure_calibrated
+    from mlx_specstream.calibration import describe
+    from mlx_specstream.calibrate import ensure_calibrated
+    from mlx_specstream.prompts import apply_chat_template
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--prompt", action="append", default=None)
     p.add_argument("--max-tokens", type=int, default=96)
     args = p.parse_args()
@@ -62,7 +62,7 @@ def main():
     print(f"Loading {args.model} (first use fetches and converts it)...")
     model, tokenizer = load(args.model)
     print(f"Trained streams: {'yes' if model.has_streams else 'no'}")
-    ensure_calibrated(model, tokenizer, {})
+    ensure_calibrated(model, tokenizer)
     if model.calibration is not None:
         print(f"Calibrated for this device: {describe(model.calibration)}")
         if model.calibration.budget == 1:

@@ -5,16 +5,14 @@ python demos/complete.py --prompt "The three primary colours are"
 """
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlx_specstream.blas import ensure_openblas  # noqa: E402
+from mlx_specstream.blas import ensure_openblas
 
 if __name__ == "__main__":
     ensure_openblas()
     from mlx_specstream import load, stream_generate
-    from mlx_specstream.generate import add_decoding_args, decoding_kwargs, print_stats
+    from mlx_specstream.cli_args import add_decoding_args, decoding_kwargs
+    from mlx_specstream.generate import print_stats
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_decoding_args(p)

@@ -18,31 +18,32 @@ The (budget, stream pass, lookup) with the largest ``E(T) / c(T)`` wins; ``T = 1
 plain decoding. Results are cached per model and device.
 """
 
-import hashlib
-import json
-import platform
+import argparse
 import statistics
+import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Sequence
 
 import mlx.core as mx
 import numpy as np
+from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-from .decoder import DecodeOptions, generate_step, speculative_generate_step
-from .drafters import (
-    Drafter,
-    MixedDrafter,
-    StreamDrafter,
-    StreamTopK,
-    topk_logprobs,
+from .blas import active_blas
+from .calibration import (
+    Calibration,
+    describe,
+    device_key,
+    save_calibration,
 )
+from .decoder import DecodeOptions, generate_step, speculative_generate_step
+from .drafters import MixedDrafter, StreamDrafter
 from .models.llama import Model
+from .prompts import apply_chat_template, encode_prompt, read_prompts
+from .registry import DEFAULT_MODEL, resolve
+from .replay import replay, stream_candidates
 from .tree import TreeShape
+from .utils import load
 
-# Bump when what is measured changes: older cached results are then re-measured.
-CALIBRATION_VERSION = 3
 DEFAULT_BUDGETS = (1, 2, 4, 8, 16, 32)
 STREAM_PASSES = ("tree", "accepted")
 CALIBRATION_PROMPTS = (
@@ -55,32 +56,6 @@ CALIBRATION_PROMPTS = (
     "food[French], priceRange[moderate], area[riverside], familyFriendly[yes].",
     "List three tips for sleeping better.",
 )
-
-
-@dataclass
-class Calibration:
-    budget: int  # best-first tree nodes, root included (1: plain decoding)
-    device: str
-    costs: Dict[int, float]  # c(T) with the chosen stream pass, relative to plain
-    tokens_per_pass: Dict[int, float]  # E(T) with the chosen drafter
-    step_seconds: float  # one plain step
-    stream_pass: str = "tree"
-    prompt_lookup: bool = False
-    # Every measurement: costs by stream pass, tokens per pass by drafter.
-    all_costs: Dict[str, Dict[int, float]] = field(default_factory=dict)
-    all_tokens_per_pass: Dict[str, Dict[int, float]] = field(default_factory=dict)
-    version: int = CALIBRATION_VERSION
-
-    @property
-    def expected_speedup(self) -> float:
-        return self.tokens_per_pass[self.budget] / self.costs[self.budget]
-
-
-def device_key() -> str:
-    """What the timings depend on: machine, MLX device and BLAS."""
-    from .blas import active_blas
-
-    return f"{platform.machine()}|{platform.processor() or platform.system()}|{mx.default_device()}|{active_blas().split(' (')[0]}"
 
 
 def _timed_block(steps: Iterator, n: int) -> List[float]:
@@ -137,52 +112,6 @@ def measure_costs(
     }
 
 
-def stream_candidates(model: Model, tokens: Sequence[int], k: int) -> StreamTopK:
-    """Top-k stream candidates at every position of a sequence, (L, γ, k)."""
-    _, streams = model.all_stream_logits(mx.array(tokens))
-    L, g, V = streams.shape
-    # The decoder's own top-k, so replayed drafts are the decoder's drafts.
-    top = topk_logprobs(streams.reshape(L * g, V), k)
-    return StreamTopK(top.tokens.reshape(L, g, -1), top.logprobs.reshape(L, g, -1))
-
-
-def replay(
-    cands: StreamTopK,
-    seq: Sequence[int],
-    start: int,
-    drafter: Union[TreeShape, Drafter],
-    max_tokens: int = -1,
-) -> tuple:
-    """Passes and tokens greedy Speculative Streaming needs for ``seq[start:]``.
-
-    The root of each tree is the last emitted token at position r; its drafts come
-    from the streams of position r - 1 (stream j predicts token r + j).
-    ``max_tokens`` (-1: none) cuts trees as the decoder does near its limit.
-
-    Returns:
-        ``(passes, tokens, accepted drafts per pass after prefill)``.
-    """
-    if isinstance(drafter, TreeShape):
-        drafter = StreamDrafter(drafter)
-    passes, r = 1, start  # prefill emits seq[start]
-    depths: List[int] = []
-    while r + 1 < len(seq):
-        step = StreamTopK(cands.tokens[r - 1], cands.logprobs[r - 1])
-        tree = drafter.draft(seq[r], step, seq[: r + 1])
-        if max_tokens >= 0:
-            tree = tree.within(max_tokens - (r - start + 1))
-        node, d = 0, 0
-        while r + d + 1 < len(seq):
-            nxt = [c for c in tree.children[node] if tree.tokens[c] == seq[r + d + 1]]
-            if not nxt:
-                break
-            node, d = nxt[0], d + 1
-        depths.append(d)
-        passes += 1
-        r += d + 1
-    return passes, len(seq) - start, depths
-
-
 def calibrate(
     model: Model,
     tokenizer,
@@ -192,8 +121,6 @@ def calibrate(
     verbose: bool = False,
 ) -> Calibration:
     """Measure this device and the model's streams; return the best tree."""
-    from .generate import apply_chat_template, encode_prompt
-
     budgets = sorted({1, *budgets})
     seconds = measure_costs(model, budgets)
     base = seconds[STREAM_PASSES[0]][1]
@@ -233,100 +160,27 @@ def calibrate(
     return cal
 
 
-def describe(cal: Calibration) -> str:
-    """The choice in words."""
-    if cal.budget == 1:
-        return "plain decoding (no tree pays for itself on this device)"
-    how = "streams + prompt lookup" if cal.prompt_lookup else "streams"
-    return (
-        f"{cal.budget}-node tree from {how}, stream pass {cal.stream_pass!r} "
-        f"(expected {cal.expected_speedup:.2f}x plain)"
+def ensure_calibrated(model: Model, tokenizer: TokenizerWrapper) -> None:
+    """Calibrate on first use and cache the result, where streams could be used.
+
+    Costs about a minute on a 2-core CPU, once per model and device.
+    """
+    if model.calibration is not None or not model.has_streams:
+        return
+    print(
+        "Calibrating the draft tree for this device (once, about a minute) ...",
+        file=sys.stderr,
     )
-
-
-def cache_file(model_path: Path) -> Path:
-    from .registry import cache_root
-
-    h = hashlib.sha256(str(Path(model_path).resolve()).encode())
-    for name in ("config.json", "speculative_streaming.json"):
-        f = Path(model_path) / name
-        if f.exists():
-            h.update(f.read_bytes())
-    if (Path(model_path) / "streams.safetensors").exists():
-        h.update(
-            str((Path(model_path) / "streams.safetensors").stat().st_mtime_ns).encode()
-        )
-    h.update(device_key().encode())
-    return cache_root().parent / "calibration" / f"{h.hexdigest()[:16]}.json"
-
-
-def load_calibration(model_path: Path) -> Optional[Calibration]:
-    """The cached result for this model and device; None if absent or outdated."""
-    f = cache_file(model_path)
-    if not f.exists():
-        return None
-    try:
-        d = json.loads(f.read_text())
-        if d.get("version") != CALIBRATION_VERSION:
-            return None
-        to_int = lambda m: {int(k): v for k, v in m.items()}  # noqa: E731
-        d["costs"], d["tokens_per_pass"] = to_int(d["costs"]), to_int(
-            d["tokens_per_pass"]
-        )
-        for k in ("all_costs", "all_tokens_per_pass"):
-            d[k] = {name: to_int(v) for name, v in d[k].items()}
-        return Calibration(**d)
-    except (ValueError, KeyError, TypeError):  # unreadable: measure again
-        return None
-
-
-def save_calibration(model_path: Path, cal: Calibration) -> Path:
-    f = cache_file(model_path)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(cal), indent=2))
-    tmp.replace(f)
-    return f
-
-
-def read_prompts(path: Union[str, Path]) -> List[str]:
-    """Calibration prompts from a file: JSONL records with ``prompt`` (or chat
-    ``messages``, first user turn), or plain text with one prompt per line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix != ".jsonl":
-        prompts = lines
-    else:
-        prompts = []
-        for i, line in enumerate(lines, 1):
-            try:
-                rec = json.loads(line)
-                prompt = rec.get("prompt") or next(
-                    m["content"] for m in rec["messages"] if m["role"] == "user"
-                )
-            except (ValueError, KeyError, TypeError, StopIteration, AttributeError):
-                raise ValueError(
-                    f"{path}:{i}: expected a 'prompt' string or chat 'messages'"
-                ) from None
-            prompts.append(prompt)
-    if not prompts:
-        raise ValueError(f"{path}: no prompts")
-    return prompts
+    model.calibration = calibrate(model, tokenizer)
+    save_calibration(model.path, model.calibration)
+    print(f"Draft tree: {describe(model.calibration)}", file=sys.stderr)
 
 
 def main(argv=None) -> None:
-    import argparse
-    import sys
-
-    from .registry import resolve
-    from .utils import load
-
     p = argparse.ArgumentParser(
         prog="mlx-specstream calibrate", description=__doc__.splitlines()[0]
     )
-    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)))
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument(
@@ -341,8 +195,6 @@ def main(argv=None) -> None:
         prompts = read_prompts(args.prompts) if args.prompts else CALIBRATION_PROMPTS
         path = resolve(args.model)
         model, tokenizer = load(path)
-        from .blas import active_blas
-
         print(f"BLAS: {active_blas()}\nCalibrating {args.model} on {device_key()} ...")
         cal = calibrate(
             model,

@@ -4,7 +4,8 @@
 import argparse
 import sys
 
-from .generate import add_decoding_args, load_from_args, stream_generate
+from .cli_args import add_decoding_args, load_from_args
+from .generate import stream_generate
 
 
 def chat_loop(

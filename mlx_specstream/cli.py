@@ -5,6 +5,7 @@ import importlib
 import sys
 
 from ._version import __version__
+from .blas import ensure_openblas
 
 COMMANDS = {
     "generate": (
@@ -13,20 +14,20 @@ COMMANDS = {
     ),
     "chat": ("mlx_specstream.chat", "interactive chat with streaming output"),
     "convert": (
-        "convert.convert",
+        "mlx_specstream.convert.convert",
         "convert a PyTorch / GGUF checkpoint to an MLX directory",
     ),
-    "train": ("convert.train", "train speculative streams (PyTorch)"),
-    "data": ("convert.data.make", "write the seeded synthetic task data sets"),
+    "train": ("mlx_specstream.train.trainer", "train speculative streams (PyTorch)"),
+    "data": ("mlx_specstream.train.datasets.make", "write the seeded synthetic task data sets"),
     "distill": (
-        "convert.data.distill",
+        "mlx_specstream.train.distill",
         "make self-distillation targets with the model",
     ),
     "medusa-train": (
-        "convert.medusa",
+        "mlx_specstream.train.medusa",
         "train Medusa-1 heads (PyTorch), the paper's baseline",
     ),
-    "bench": ("mlx_specstream.bench", "benchmark decoding methods side by side"),
+    "bench": ("mlx_specstream.benchmarks.bench", "benchmark decoding methods side by side"),
     "calibrate": (
         "mlx_specstream.calibrate",
         "measure this device and pick the tree budget",
@@ -47,8 +48,23 @@ def main(argv=None) -> None:
     if argv[0] not in COMMANDS:
         sys.exit(f"error: unknown command {argv[0]!r} (see mlx-specstream --help)")
     if argv[0] not in ("convert", "train", "medusa-train", "data"):
-        from .blas import ensure_openblas
-
         ensure_openblas()  # fp32 decoding on Linux is 30x slower without it
     module = importlib.import_module(COMMANDS[argv[0]][0])
     module.main(argv[1:])
+
+
+# Console scripts in mlx-lm's idiom: ``mlx_specstream.generate`` == ``mlx-specstream generate``.
+def generate() -> None:
+    main(["generate", *sys.argv[1:]])
+
+
+def chat() -> None:
+    main(["chat", *sys.argv[1:]])
+
+
+def convert() -> None:
+    main(["convert", *sys.argv[1:]])
+
+
+def calibrate() -> None:
+    main(["calibrate", *sys.argv[1:]])

@@ -2,21 +2,27 @@
 """Public generation API: ``stream_generate`` and ``generate``, in the mlx-lm idiom."""
 
 import argparse
+import resource
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, List, Optional, Sequence, Union
 
 import mlx.core as mx
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
+from .blas import active_blas, ensure_openblas
+from .cli_args import add_decoding_args, load_from_args
 from .decoder import (
     DecodeOptions,
     Step,
     generate_step,
     speculative_generate_step,
 )
-from .drafters import Drafter, MixedDrafter, PromptLookupDrafter, StreamDrafter
+from .defaults import DEFAULT_STREAM_PASS, choose_speculation
+from .drafters import Drafter
 from .models.llama import Model
+from .prompts import apply_chat_template, encode_prompt
 from .sample_utils import SamplingArgs
 from .tree import TreeShape
 
@@ -52,17 +58,6 @@ class GenerationResponse:
         return self.generation_tokens / max(1, self.forward_calls)
 
 
-def encode_prompt(
-    tokenizer: TokenizerWrapper, prompt: Union[str, Sequence[int]]
-) -> List[int]:
-    """Token ids of ``prompt``; BOS is added unless the text already starts with it."""
-    if isinstance(prompt, str):
-        bos = tokenizer.bos_token
-        add_special = bos is None or not prompt.startswith(bos)
-        return list(tokenizer.encode(prompt, add_special_tokens=add_special))
-    return [int(t) for t in prompt]
-
-
 def _check_inputs(model: Model, prompt: List[int], max_tokens: int) -> None:
     if not prompt:
         raise ValueError("prompt is empty: give at least one token")
@@ -86,8 +81,6 @@ def peak_memory_gb() -> float:
     """Peak memory of this process: MLX's allocator, else the resident set size."""
     peak = mx.get_peak_memory()
     if peak == 0:
-        import resource
-
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return peak / 1e9
 
@@ -134,20 +127,19 @@ def stream_generate(
     ids = encode_prompt(tokenizer, prompt)
     _check_inputs(model, ids, max_tokens)
     sampling = SamplingArgs(temp, top_p, top_k)
+    spec = None
     if speculative:
         if prune_threshold is None:
             prune_threshold = model.streams.args.prune_threshold
-        cal = model.calibration
-        if stream_pass is None:
-            stream_pass = cal.stream_pass if cal is not None else "tree"
-        if prompt_lookup is None:
-            prompt_lookup = cal is not None and cal.prompt_lookup
-        options = DecodeOptions(prune_threshold, stream_pass, prefill_step_size)
-        drafter = _choose_drafter(model, tree, drafter, prompt_lookup)
-        speculative = drafter is not None
-    if speculative:
+        # Checked even where plain decoding is chosen: bad settings fail alike.
+        options = DecodeOptions(
+            prune_threshold, stream_pass or DEFAULT_STREAM_PASS, prefill_step_size
+        )
+        spec = choose_speculation(model, tree, drafter, stream_pass, prompt_lookup)
+    if spec is not None:
+        options = replace(options, stream_pass=spec.stream_pass)
         steps = speculative_generate_step(
-            ids, model, drafter, sampling, options, max_tokens
+            ids, model, spec.drafter, sampling, options, max_tokens
         )
     else:
         steps = (
@@ -196,26 +188,6 @@ def stream_generate(
             return
 
 
-def _choose_drafter(
-    model: Model,
-    tree: Optional[TreeShape],
-    drafter: Optional[Drafter],
-    prompt_lookup: bool,
-) -> Optional[Drafter]:
-    """The drafter of a speculative run; None where plain decoding is just as good."""
-    if drafter is not None:
-        return drafter
-    if not model.has_streams:
-        # Untrained streams draft noise: verifying it costs more than it saves.
-        return PromptLookupDrafter()
-    if tree is None and model.calibration is not None:
-        tree = TreeShape(budget=model.calibration.budget)
-    streams = StreamDrafter(tree or TreeShape())
-    if prompt_lookup:
-        return MixedDrafter(streams)
-    return streams if streams.shape.size > 1 else None  # one node: plain decoding
-
-
 def generate(
     model: Model,
     tokenizer: TokenizerWrapper,
@@ -247,126 +219,13 @@ def print_stats(r: GenerationResponse) -> None:
     print(f"Peak memory: {r.peak_memory:.3f} GB")
 
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_PROMPT = "What is the capital of France?"
 
 
-def apply_chat_template(
-    tokenizer: TokenizerWrapper, prompt: str, system: Optional[str] = None
-) -> str:
-    """Wrap a user message in the model's chat template, when it has one."""
-    if not getattr(tokenizer, "chat_template", None):
-        return prompt
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": prompt}
-    ]
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True
-    )
-
-
-def add_decoding_args(parser) -> None:
-    """Flags shared by ``generate``, ``chat`` and the demos."""
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help="MLX directory, registered name or HF repo",
-    )
-    parser.add_argument("--max-tokens", "-m", type=int, default=256)
-    parser.add_argument("--temp", type=float, default=0.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument(
-        "--no-speculative", action="store_true", help="plain autoregressive decoding"
-    )
-    parser.add_argument(
-        "--tree", choices=["best_first", "cartesian"], default="best_first"
-    )
-    parser.add_argument(
-        "--tree-budget",
-        type=int,
-        default=None,
-        help="nodes of a best-first tree (default: calibrated for this device on first use)",
-    )
-    parser.add_argument(
-        "--branching", default="2,2,1,1", help="per-depth top-k of a Cartesian tree"
-    )
-    parser.add_argument("--prune-threshold", type=float, default=None)
-    parser.add_argument(
-        "--stream-pass",
-        choices=["tree", "accepted"],
-        default=None,
-        help="streams for every tree node in the pass, or for the accepted node only "
-        "(default: calibrated)",
-    )
-    parser.add_argument(
-        "--prompt-lookup",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="add prompt-lookup drafts to the tree (default: calibrated)",
-    )
-    parser.add_argument(
-        "--verbose", action="store_true", help="print the BLAS in use and timings"
-    )
-
-
-def decoding_kwargs(args) -> dict:
-    """``stream_generate`` keyword arguments from parsed flags."""
-    branching = tuple(int(k) for k in args.branching.split(","))
-    if args.tree == "best_first" and args.tree_budget is None:
-        tree = None  # the calibrated budget
-    else:
-        tree = TreeShape(args.tree, branching, args.tree_budget or TreeShape().budget)
-    return dict(
-        max_tokens=args.max_tokens,
-        temp=args.temp,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        speculative=not args.no_speculative,
-        tree=tree,
-        prune_threshold=args.prune_threshold,
-        stream_pass=args.stream_pass,
-        prompt_lookup=args.prompt_lookup,
-    )
-
-
-def load_from_args(args) -> tuple:
-    """Seed, decoding keyword arguments, model and tokenizer for a CLI command."""
-    from .utils import load
-
-    if args.seed is not None:
-        mx.random.seed(args.seed)
-    kwargs = decoding_kwargs(args)
-    model, tokenizer = load(args.model)
-    ensure_calibrated(model, tokenizer, kwargs)
-    return model, tokenizer, kwargs
-
-
-def ensure_calibrated(model: Model, tokenizer: TokenizerWrapper, kwargs: dict) -> None:
-    """Calibrate the tree budget on first use (CLI and demos), when it will be used."""
-    if model.calibration is not None or not model.has_streams:
-        return
-    if not kwargs.get("speculative", True) or kwargs.get("tree") is not None:
-        return
-    import sys
-
-    from .calibrate import calibrate, describe, save_calibration
-
-    print(
-        "Calibrating the draft tree for this device (once, about a minute) ...",
-        file=sys.stderr,
-    )
-    model.calibration = calibrate(model, tokenizer)
-    save_calibration(model.path, model.calibration)
-    print(f"Draft tree: {describe(model.calibration)}", file=sys.stderr)
-
-
-def main(argv=None) -> None:
-    import sys
-
+def main(argv: Optional[List[str]] = None) -> None:
+    """``mlx-specstream generate`` (also ``mlx_specstream.generate``)."""
     parser = argparse.ArgumentParser(
-        prog="mlx-specstream generate", description="Generate text."
+        prog="mlx_specstream.generate", description="Generate text."
     )
     add_decoding_args(parser)
     parser.add_argument(
@@ -381,13 +240,15 @@ def main(argv=None) -> None:
         if not args.ignore_chat_template:
             prompt = apply_chat_template(tokenizer, prompt, args.system_prompt)
         if args.verbose:
-            from .blas import active_blas
-
+            streams = "with" if model.has_streams else "no"
             print(f"BLAS: {active_blas()}")
-            print(
-                f"Model: {args.model} ({'with' if model.has_streams else 'no'} trained streams)"
-            )
+            print(f"Model: {args.model} ({streams} trained streams)")
             print("=" * 10)
         generate(model, tokenizer, prompt, verbose=True, **kwargs)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    ensure_openblas()
+    main()

@@ -18,6 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+from huggingface_hub import snapshot_download
+
+from .errors import ModelFileError
+from .files import cache_root
+from .gguf import gguf_to_mlx
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 ASSETS = Path(__file__).parent / "assets"
 HF_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
@@ -45,12 +51,6 @@ MODELS = {
 
 class RegistryError(ValueError):
     """A model name that cannot be resolved; the message names it and the problem."""
-
-
-def cache_root() -> Path:
-    """``$MLX_SPECSTREAM_CACHE`` or ``~/.cache/mlx_specstream/models``."""
-    root = os.environ.get("MLX_SPECSTREAM_CACHE") or "~/.cache/mlx_specstream/models"
-    return Path(root).expanduser()
 
 
 def _sha256(path: Path) -> str:
@@ -130,14 +130,11 @@ def ensure_registered(name: str) -> Path:
     dst = cache_root() / f"{name}-{digest.hexdigest()[:12]}"
     if (dst / "config.json").is_file():
         return dst
-    from convert.convert import convert  # no torch on the GGUF path
-    from convert.errors import ConvertError
-
     gguf = gguf_path(name)
     print(f"Converting {gguf.name} to {dst} (once) ...", file=sys.stderr)
     try:
-        convert(gguf, dst, dtype="float32", streams_path=streams)
-    except ConvertError:
+        gguf_to_mlx(gguf, dst, streams if streams.is_dir() else None)
+    except ModelFileError:
         if (dst / "config.json").is_file():  # another process finished first
             return dst
         raise
@@ -154,8 +151,6 @@ def _remove_stale(name: str, keep: Path) -> None:
 
 def _hf_snapshot(repo_id: str) -> Path:
     try:
-        from huggingface_hub import snapshot_download
-
         return Path(snapshot_download(repo_id, allow_patterns=HF_PATTERNS))
     except Exception as e:  # offline, unknown repo, gated, ...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""

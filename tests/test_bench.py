@@ -6,7 +6,7 @@ import json
 
 from conftest import tiny_config, tiny_hf_tokenizer, tiny_model
 
-from mlx_specstream.bench import run, write_report
+from mlx_specstream.benchmarks.bench import run, write_report
 from mlx_specstream.utils import load, save_model
 
 

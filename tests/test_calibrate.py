@@ -4,7 +4,8 @@
 import pytest
 from conftest import tiny_hf_tokenizer, tiny_model, wrap
 
-from mlx_specstream.calibrate import calibrate, replay, stream_candidates
+from mlx_specstream.calibrate import calibrate
+from mlx_specstream.replay import replay, stream_candidates
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.tree import TreeShape
@@ -58,7 +59,7 @@ def test_calibrate_picks_the_best_measured_configuration():
 def test_outdated_or_corrupt_calibration_is_measured_again(tmp_path, monkeypatch):
     import json
 
-    from mlx_specstream import calibrate as C
+    from mlx_specstream import calibration as C
 
     monkeypatch.setattr(C, "cache_file", lambda path: tmp_path / "cal.json")
     cal = C.Calibration(4, "dev", {1: 1.0, 4: 1.5}, {1: 1.0, 4: 2.0}, 0.1, "accepted")
@@ -93,7 +94,7 @@ def test_replay_with_prompt_lookup_matches_the_decoder():
 def test_read_prompts_from_jsonl_and_text(tmp_path):
     import json
 
-    from mlx_specstream.calibrate import read_prompts
+    from mlx_specstream.prompts import read_prompts
 
     f = tmp_path / "p.jsonl"
     f.write_text(

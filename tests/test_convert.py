@@ -17,9 +17,10 @@ from helpers_torch import (  # noqa: E402
     write_random_streams,
 )
 
-from convert.convert import convert  # noqa: E402
+from mlx_specstream.convert.convert import convert  # noqa: E402
 from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE, StreamArgs  # noqa: E402
 from mlx_specstream.utils import load, load_model  # noqa: E402
+from mlx_specstream.tree import TreeShape  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -41,7 +42,7 @@ def hf_dir(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(hf_dir):
-    ref_mod = pytest.importorskip("convert.reference")
+    ref_mod = pytest.importorskip("mlx_specstream.train.reference")
     ref = ref_mod.StreamingReference.from_pretrained(hf_dir).eval()
     ids = torch.tensor([IDS])
     with torch.no_grad():
@@ -155,7 +156,13 @@ def test_greedy_matches_transformers(hf_dir, mlx_fp32, speculative):
         assert len(want) >= 10  # not cut short by EOS, or the test shows little
         got = []
         for r in stream_generate(
-            model, tokenizer, prompt, max_tokens=20, temp=0.0, speculative=speculative
+            model,
+            tokenizer,
+            prompt,
+            max_tokens=20,
+            temp=0.0,
+            speculative=speculative,
+            tree=TreeShape(budget=8),
         ):
             got += r.tokens
         assert got == want

@@ -8,7 +8,7 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 
-from convert.convert import main
+from mlx_specstream.convert.convert import main
 from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE, StreamArgs
 from mlx_specstream.utils import build_model, save_model
 
@@ -216,7 +216,7 @@ def test_bad_tokenizer_json_leaves_nothing(capsys, src, dst):
 
 
 def test_failure_while_saving(capsys, src, dst, monkeypatch):
-    import convert.convert as cc
+    import mlx_specstream.convert.convert as cc
 
     def broken_save(model, config, path):
         (Path(path) / "model.safetensors").write_bytes(b"partial")

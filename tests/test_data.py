@@ -1,5 +1,5 @@
 # Copyright © 2026 mlx-specstream authors. Apache-2.0.
-"""Synthetic task sets (convert.data) and self-distillation on a tiny random model."""
+"""Synthetic task sets (mlx_specstream.train.datasets) and self-distillation on a tiny random model."""
 
 import json
 import re
@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("sqlglot")
 
-from convert.data import (  # noqa: E402
+from mlx_specstream.train.datasets import (  # noqa: E402
     SPLITS,
     dialogue,
     instructions,
@@ -340,7 +340,7 @@ def _prompt_file(tmp_path, n=5):
 
 
 def test_distill_one_output_per_input_and_resumable(tiny_model_dir, tmp_path):
-    from convert.data import distill
+    from mlx_specstream.train import distill
 
     model, tokenizer = distill.load(tiny_model_dir)
     assert model.args.rope_theta == 500.0  # read from rope_parameters
@@ -377,7 +377,7 @@ def test_distill_one_output_per_input_and_resumable(tiny_model_dir, tmp_path):
 
 
 def test_distill_cli(tiny_model_dir, tmp_path, capsys):
-    from convert.data import distill
+    from mlx_specstream.train import distill
 
     prompts, out = _prompt_file(tmp_path, 3), tmp_path / "d.jsonl"
     other = tmp_path / "mr.jsonl"

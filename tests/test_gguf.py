@@ -19,7 +19,7 @@ from mlx.utils import tree_flatten
 
 gguf = pytest.importorskip("gguf")
 
-from convert.convert import convert, main  # noqa: E402
+from mlx_specstream.convert.convert import convert, main  # noqa: E402
 from mlx_specstream import registry  # noqa: E402
 from mlx_specstream.format import SETTINGS_FILE, StreamArgs  # noqa: E402
 from mlx_specstream.utils import build_model, load_model, save_model  # noqa: E402
@@ -178,7 +178,7 @@ def write_gguf(
 
 
 def permute_back(w, n_head):
-    # Inverse of ``permute``, written independently of convert.gguf.unpermute.
+    # Inverse of ``permute``, written independently of mlx_specstream.gguf.unpermute.
     d = w.shape[0] // n_head
     return (
         w.reshape(n_head, d // 2, 2, *w.shape[1:])
@@ -213,7 +213,7 @@ def test_metadata_without_contents_api(tmp_path, weights):
     """gguf < 0.16 fields have no ``contents()``; the fallback reads the same values."""
     from collections import namedtuple
 
-    from convert.gguf import _value
+    from mlx_specstream.gguf import _value
 
     write_gguf(tmp_path / "m.gguf", weights)
     fields = gguf.GGUFReader(str(tmp_path / "m.gguf")).fields
@@ -360,7 +360,8 @@ def test_two_gguf_files(capsys, tmp_path, weights):
 
 
 def test_gguf_path_needs_no_torch(tmp_path, weights):
-    """The runtime converts GGUF without torch installed: hide torch and convert."""
+    """The runtime converts GGUF without torch or the converter: hide torch, convert
+    through the runtime's own path (the one the registry takes)."""
     import site
 
     packages = Path(site.getsitepackages()[0])
@@ -373,10 +374,12 @@ def test_gguf_path_needs_no_torch(tmp_path, weights):
             (view / p.name).symlink_to(p)
     write_gguf(tmp_path / "m.gguf", weights, qtype="Q8_0")
     code = (
-        "import sys; from convert.convert import convert; "
-        f"convert({str(tmp_path / 'm.gguf')!r}, {str(tmp_path / 'out')!r}); "
+        "import sys; from mlx_specstream.gguf import gguf_to_mlx; "
+        f"gguf_to_mlx({str(tmp_path / 'm.gguf')!r}, {str(tmp_path / 'out')!r}); "
         "import importlib.util as u; assert u.find_spec('torch') is None; "
-        "assert 'torch' not in sys.modules; print('ok')"
+        "assert 'torch' not in sys.modules; "
+        "assert not [m for m in sys.modules if m.startswith("
+        "('mlx_specstream.convert', 'mlx_specstream.train'))]; print('ok')"
     )
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{view}")

@@ -9,6 +9,7 @@ from helpers_torch import tiny_hf_llama, tiny_hf_qwen2  # noqa: E402
 
 from mlx_specstream.generate import stream_generate  # noqa: E402
 from mlx_specstream.utils import load  # noqa: E402
+from mlx_specstream.tree import TreeShape  # noqa: E402
 
 PROMPT = [5, 9, 14, 20, 31]
 
@@ -35,7 +36,12 @@ def test_plain_and_speculative_greedy_equal_transformers(tmp_path, make, seed):
         out = [
             t
             for r in stream_generate(
-                model, tokenizer, PROMPT, max_tokens=24, speculative=speculative
+                model,
+                tokenizer,
+                PROMPT,
+                max_tokens=24,
+                speculative=speculative,
+                tree=TreeShape(budget=8),
             )
             for t in r.tokens
         ]

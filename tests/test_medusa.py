@@ -263,8 +263,8 @@ def test_train_medusa_lowers_loss_and_writes_loadable_heads(tmp_path, capsys):
     pytest.importorskip("transformers")
     from helpers_torch import tiny_hf_llama
 
-    from convert.medusa import TorchMedusaHeads, cache_anchors, main, train_medusa
-    from convert.train_data import Example
+    from mlx_specstream.train.medusa import TorchMedusaHeads, cache_anchors, main, train_medusa
+    from mlx_specstream.train.examples import Example
     from mlx_specstream.utils import load_model
 
     model_dir = tiny_hf_llama(tmp_path)

@@ -12,7 +12,7 @@ from helpers_torch import (  # noqa: E402
     write_random_streams,
 )
 
-from convert.reference import StreamingReference  # noqa: E402
+from mlx_specstream.train.reference import StreamingReference  # noqa: E402
 from mlx_specstream.format import (  # noqa: E402
     STREAMS_FILE,
     StreamArgs,
@@ -188,7 +188,7 @@ def test_early_exit_logits(ref):
 def test_save_load_roundtrip(ref, tmp_path):
     from safetensors.torch import load_file
 
-    from convert.reference import layer_dims
+    from mlx_specstream.train.reference import layer_dims
 
     ref.save_streams(tmp_path / "s")
     saved = load_file(str(tmp_path / "s" / STREAMS_FILE))

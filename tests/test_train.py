@@ -18,10 +18,10 @@ from helpers_torch import (  # noqa: E402
     write_random_streams,
 )
 
-from convert import lossless  # noqa: E402
-from convert.reference import StreamingReference  # noqa: E402
-from convert.train import build_parser, main, train  # noqa: E402
-from convert.train_data import Example, encode, load_examples  # noqa: E402
+from mlx_specstream.train import lossless  # noqa: E402
+from mlx_specstream.train.reference import StreamingReference  # noqa: E402
+from mlx_specstream.train.trainer import build_parser, main, train  # noqa: E402
+from mlx_specstream.train.examples import Example, encode, load_examples  # noqa: E402
 from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE, StreamArgs  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -246,7 +246,7 @@ def test_shared_stream_loss_weight_zero_is_plain_lora(setup, tmp_path):
 
 WORKER = """
 import sys, torch, torch.distributed as dist
-from convert.train import build_parser, train
+from mlx_specstream.train.trainer import build_parser, train
 summary, ref = train(build_parser().parse_args(sys.argv[2:]))
 torch.save({k: v.detach() for k, v in ref.streams_state_dict().items()},
            f"{sys.argv[1]}/rank{dist.get_rank()}.pt")

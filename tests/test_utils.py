@@ -12,6 +12,7 @@ from mlx_lm.utils import quantize_model
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.utils import ModelLoadError, load, load_model, save_model
+from mlx_specstream.tree import TreeShape
 
 ARGS = StreamArgs(
     num_streams=3,
@@ -50,7 +51,7 @@ def test_directory_without_streams_decodes_losslessly(tmp_path):
         [
             t
             for r in stream_generate(
-                model, tok, [4, 5, 6], max_tokens=20, speculative=s
+                model, tok, [4, 5, 6], max_tokens=20, speculative=s, prompt_lookup=True
             )
             for t in r.tokens
         ]
@@ -95,7 +96,12 @@ def test_quantized_roundtrip_decodes_losslessly(tmp_path):
         [
             t
             for r in stream_generate(
-                loaded, tok, [4, 5, 6], max_tokens=16, speculative=s
+                loaded,
+                tok,
+                [4, 5, 6],
+                max_tokens=16,
+                speculative=s,
+                tree=TreeShape(budget=8),
             )
             for t in r.tokens
         ]
@@ -120,7 +126,7 @@ def test_quantized_roundtrip_decodes_losslessly(tmp_path):
         ),
         (
             lambda p: (p / "model.safetensors").write_bytes(b"\x00" * 7),
-            "model.safetensors: cannot read",
+            "model.safetensors: truncated safetensors file",
         ),
         (lambda p: (p / "model.safetensors").unlink(), "no model\\*.safetensors"),
         (

@@ -23,9 +23,9 @@ from mlx_specstream.format import STREAM_ADAPTER_MODULES, StreamArgs
 
 from . import lossless
 from .reference import StreamingReference
-from .train_data import BatchPlan, DataError, load_examples
-from .train_shared import SharedTask, add_shared_lora
-from .train_state import (
+from .examples import BatchPlan, DataError, load_examples
+from .shared import SharedTask, add_shared_lora
+from .state import (
     STATE_FILE,
     all_reduce_sums,
     empty_sums,

@@ -2,7 +2,7 @@
 """Generic instruction prompts for self-distillation (chat, lists, code, math, ...).
 
 Most prompts have no reference answer (``completion`` is empty): the target is the
-model's own output (see ``convert.data.distill``). Word problems, capital-city
+model's own output (see ``mlx_specstream.train.distill``). Word problems, capital-city
 questions and sentiment questions carry a computed reference. Topics are partitioned
 between splits; word problems, whose numbers are random, are split by a hash of the
 prompt.
@@ -319,5 +319,5 @@ def _sample(rng: random.Random, split: str) -> Optional[dict]:
 
 
 def generate(split: str, n: int, seed: int = 0) -> List[dict]:
-    """``n`` distinct instruction prompts for ``split`` (see ``convert.data``)."""
+    """``n`` distinct instruction prompts for ``split`` (see ``mlx_specstream.train.datasets``)."""
     return generate_unique(TASK, split, n, seed, _sample)

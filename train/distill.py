@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
-from . import DataError
+from .datasets import DataError
 
 DEFAULT_MAX_TOKENS = 128
 DEFAULT_BATCH_SIZE = 32

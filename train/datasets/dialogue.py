@@ -288,5 +288,5 @@ def _sample(rng: random.Random, split: str) -> Optional[dict]:
 
 
 def generate(split: str, n: int, seed: int = 0) -> List[dict]:
-    """``n`` distinct dialogue-summary examples for ``split`` (see ``convert.data``)."""
+    """``n`` distinct dialogue-summary examples for ``split`` (see ``mlx_specstream.train.datasets``)."""
     return generate_unique(TASK, split, n, seed, _sample)

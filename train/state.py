@@ -133,7 +133,7 @@ def save_checkpoint(
     for name in (SETTINGS_FILE, STREAMS_FILE):
         os.replace(tmp / name, out / name)
     if peft_model is not None:
-        from .train_shared import save_adapter
+        from .shared import save_adapter
 
         save_adapter(peft_model, out)
     state = {

@@ -15,10 +15,20 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import mlx.core as mx
+import mlx_lm
+from mlx.utils import tree_flatten
 
-from .drafters import MixedDrafter, PromptLookupDrafter, StreamDrafter
-from .generate import apply_chat_template, encode_prompt, stream_generate
-from .tree import TreeShape
+from mlx_specstream.blas import active_blas, ensure_openblas
+from mlx_specstream.calibrate import ensure_calibrated
+from mlx_specstream.calibration import describe, device_key
+from mlx_specstream.medusa import MedusaDrafter, load_medusa
+from mlx_specstream.registry import DEFAULT_MODEL
+from mlx_specstream.utils import load
+
+from mlx_specstream.drafters import MixedDrafter, PromptLookupDrafter, StreamDrafter
+from mlx_specstream.generate import stream_generate
+from mlx_specstream.prompts import apply_chat_template, encode_prompt
+from mlx_specstream.tree import TreeShape
 
 CHAT_PROMPTS = [
     "What is the capital of France?",
@@ -85,8 +95,6 @@ def _ours(model, tokenizer, ids, max_tokens, **kw) -> tuple:
 
 
 def _mlx_lm(model, tokenizer, ids, max_tokens) -> tuple:
-    import mlx_lm
-
     tic = time.perf_counter()
     out, first = [], None
     for r in mlx_lm.stream_generate(model, tokenizer, ids, max_tokens=max_tokens):
@@ -100,8 +108,6 @@ def _mlx_lm(model, tokenizer, ids, max_tokens) -> tuple:
 
 def make_methods(model, args) -> Dict[str, Callable]:
     """Method name -> ``f(ids) -> (tokens, ttft, seconds, passes, accepted)``."""
-    import mlx_lm
-
     theirs, their_tok = mlx_lm.load(str(model.path))
     tok = args.tokenizer
     best_first = StreamDrafter(TreeShape(budget=16))
@@ -135,8 +141,6 @@ def make_methods(model, args) -> Dict[str, Callable]:
     for name, kw in ss.items():
         methods[name] = lambda ids, kw=kw: _ours(model, tok, ids, args.max_tokens, **kw)
     if args.medusa:
-        from .medusa import MedusaDrafter, load_medusa
-
         heads = load_medusa(args.medusa)
         drafter = MedusaDrafter(heads, TreeShape(budget=16))
         methods["medusa"] = lambda ids: _ours(
@@ -198,10 +202,6 @@ def run(model, tokenizer, args) -> Dict:
 def extra_parameters(model, args) -> Dict[str, int]:
     out = {"streams": model.streams.num_parameters()}
     if args.medusa:
-        from mlx.utils import tree_flatten
-
-        from .medusa import load_medusa
-
         out["medusa"] = sum(
             v.size for _, v in tree_flatten(load_medusa(args.medusa).parameters())
         )
@@ -266,15 +266,10 @@ def _plot(report: Dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    from .blas import active_blas
-    from .calibrate import describe, device_key
-    from .generate import ensure_calibrated
-    from .utils import load
-
     p = argparse.ArgumentParser(
         prog="mlx-specstream bench", description=__doc__.splitlines()[0]
     )
-    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument(
         "--data", default=None, help="directory with {task}_test.jsonl files"
     )
@@ -287,7 +282,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     try:
         model, tokenizer = load(args.model)
-        ensure_calibrated(model, tokenizer, {})
+        ensure_calibrated(model, tokenizer)
         calibrated = describe(model.calibration) if model.calibration else "none"
         header = (
             f"Machine: {device_key()}; BLAS: {active_blas()}; model: {args.model}; "
@@ -301,3 +296,8 @@ def main(argv=None) -> None:
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     print((Path(args.out) / "bench.md").read_text())
+
+
+if __name__ == "__main__":
+    ensure_openblas()
+    main()

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .reference import StreamingReference
-from .train_data import Example
-from .train_state import acceptance_stats
+from .examples import Example
+from .state import acceptance_stats
 
 
 @dataclass

@@ -1,0 +1,61 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""Which drafter and stream pass a run uses when the caller does not say.
+
+The choice is the calibration cached for this model and device
+(``mlx-specstream calibrate``, or ``calibrate.ensure_calibrated``). Without one,
+decoding is plain: a tree that does not pay on a device makes every token slower
+(a 16-node tree ran at 0.77x plain on a 2-core CPU), and only a measurement tells.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .drafters import Drafter, MixedDrafter, PromptLookupDrafter, StreamDrafter
+from .models.llama import Model
+from .tree import TreeShape
+
+# The stream pass of an explicit tree without calibration: the accepted node's
+# streams after the pass cost less than stream rows for every node where rows
+# are not free (measured on CPU); on GPUs calibration compares both.
+DEFAULT_STREAM_PASS = "accepted"
+
+
+@dataclass(frozen=True)
+class Speculation:
+    drafter: Drafter
+    stream_pass: str
+
+
+def choose_speculation(
+    model: Model,
+    tree: Optional[TreeShape] = None,
+    drafter: Optional[Drafter] = None,
+    stream_pass: Optional[str] = None,
+    prompt_lookup: Optional[bool] = None,
+) -> Optional[Speculation]:
+    """The drafter and stream pass of a run; None means plain decoding.
+
+    Explicit arguments win; what they leave open comes from the calibration, and
+    with no calibration an explicit ``tree``, ``drafter`` or ``prompt_lookup`` is
+    honoured while nothing at all means plain decoding.
+    """
+    cal = model.calibration
+    if stream_pass is None:
+        stream_pass = cal.stream_pass if cal is not None else DEFAULT_STREAM_PASS
+    if drafter is not None:
+        return Speculation(drafter, stream_pass)
+    if prompt_lookup is None:
+        prompt_lookup = cal is not None and cal.prompt_lookup
+    if not model.has_streams:
+        # Untrained streams draft noise: only prompt lookup, and only when asked.
+        return Speculation(PromptLookupDrafter(), stream_pass) if prompt_lookup else None
+    if tree is None:
+        if cal is None and not prompt_lookup:
+            return None  # not measured on this device: plain decoding
+        tree = TreeShape(budget=cal.budget) if cal is not None else TreeShape()
+    streams = StreamDrafter(tree)
+    if prompt_lookup:
+        return Speculation(MixedDrafter(streams), stream_pass)
+    if streams.shape.size <= 1:
+        return None  # a one-node tree is plain decoding
+    return Speculation(streams, stream_pass)

@@ -1,0 +1,177 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""Read and write MLX model directories: mlx-lm / Hugging Face layout plus our stream files."""
+
+import glob
+import json
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .errors import ModelFileError
+from .files import load_safetensors, read_json
+from .format import SETTINGS_FILE, STREAMS_FILE, StreamArgs, stream_tensor_shapes
+from .models.llama import Model, ModelArgs
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+# A model directory that cannot be loaded; the message names file and problem.
+ModelLoadError = ModelFileError
+
+
+def normalise_config(config: Dict) -> Dict:
+    """Fold transformers-5 ``rope_parameters`` into ``rope_theta`` / ``rope_scaling``.
+
+    Written this way, a config also loads in mlx-lm.
+    """
+    config = dict(config)
+    rope = config.pop("rope_parameters", None)
+    if rope:
+        config.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
+        if rope.get("rope_type", "default") != "default":
+            config.setdefault("rope_scaling", rope)
+    return config
+
+
+def load_config(path: Union[str, Path]) -> Dict:
+    """Read ``config.json``, normalised (``normalise_config``) and checked."""
+    file = Path(path) / "config.json"
+    config = normalise_config(read_json(file))
+    if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        raise ModelFileError(
+            file,
+            f"unsupported model_type {config.get('model_type')!r} "
+            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})",
+        )
+    return config
+
+
+def load_stream_args(directory: Union[str, Path]) -> Optional[StreamArgs]:
+    """The stream settings in ``directory``, or None where it has none."""
+    f = Path(directory) / SETTINGS_FILE
+    if not f.exists():
+        return None
+    try:
+        return StreamArgs.from_dict(read_json(f))
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ModelFileError):
+            raise
+        raise ModelFileError(f, str(e)) from None
+
+
+def build_model(config: Dict, stream_args: Optional[StreamArgs] = None) -> Model:
+    """A model for ``config`` with random base weights and zero streams."""
+    return Model(ModelArgs.from_dict(config), stream_args)
+
+
+def check_shapes(
+    expected: Dict[str, tuple], got: Dict[str, mx.array], file: Path
+) -> None:
+    """Every tensor of ``got`` is expected, with the expected shape, and none is missing."""
+    for k, v in got.items():
+        if k not in expected:
+            raise ModelFileError(file, f"unexpected tensor {k!r}")
+        if tuple(v.shape) != tuple(expected[k]):
+            raise ModelFileError(
+                file,
+                f"tensor {k!r} has shape {tuple(v.shape)}, expected {tuple(expected[k])}",
+            )
+    missing = sorted(set(expected) - set(got))
+    if missing:
+        raise ModelFileError(file, f"missing tensor {missing[0]!r}")
+
+
+def base_shapes(model: Model) -> Dict[str, tuple]:
+    """Name -> shape of every base (non-stream) parameter of ``model``."""
+    return {
+        k: tuple(v.shape)
+        for k, v in tree_flatten(model.parameters())
+        if not k.startswith("streams.")
+    }
+
+
+def stream_shapes(model: Model) -> Dict[str, tuple]:
+    """Name -> shape of every tensor ``streams.safetensors`` holds for ``model``."""
+    a = model.args
+    return stream_tensor_shapes(
+        model.streams.args, a.hidden_size, a.layer_dims, a.num_hidden_layers
+    )
+
+
+def load_base_weights(model: Model, weights: Dict[str, mx.array], file: Path) -> None:
+    """Check base weights (Hugging Face names) against ``model`` and load them."""
+    weights = model.sanitize(dict(weights))
+    check_shapes(base_shapes(model), weights, file)
+    model.load_weights(list(weights.items()), strict=False)
+
+
+def load_stream_weights(model: Model, directory: Union[str, Path]) -> bool:
+    """Load ``streams.safetensors`` from ``directory`` when it is there.
+
+    Returns:
+        Whether the model now has trained streams: a converted base model carries
+        all-zero streams, and those draft nothing useful.
+    """
+    file = Path(directory) / STREAMS_FILE
+    if not file.exists():
+        return False
+    streams = load_safetensors(file)
+    check_shapes(stream_shapes(model), streams, file)
+    model.streams.load_weights(list(model.streams.module_weights(streams).items()))
+    return any(mx.any(v != 0).item() for v in streams.values())
+
+
+def load_model(path: Union[str, Path], lazy: bool = True) -> Model:
+    """Load a model from an MLX (ours or mlx-lm) or Hugging Face safetensors directory.
+
+    Weights are memory-mapped by ``mx.load`` and evaluated on first use unless
+    ``lazy`` is False.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelFileError(path, "not a directory")
+    config = load_config(path)
+    stream_args = load_stream_args(path)
+    try:
+        model = build_model(config, stream_args)
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(path / "config.json", str(e)) from None
+
+    files = sorted(glob.glob(str(path / "model*.safetensors")))
+    if not files:
+        raise ModelFileError(path, "no model*.safetensors weight files")
+    weights = {}
+    for f in files:
+        weights.update(load_safetensors(f))
+    if (q := config.get("quantization")) is not None:
+        # Quantize the same layers mlx-lm did: those whose scales were saved.
+        nn.quantize(
+            model,
+            group_size=q["group_size"],
+            bits=q["bits"],
+            class_predicate=lambda p, m: f"{p}.scales" in weights,
+        )
+    load_base_weights(model, weights, path / "model.safetensors")
+    model.has_streams = stream_args is not None and load_stream_weights(model, path)
+    if not lazy:
+        mx.eval(model.parameters())
+    model.eval()
+    return model
+
+
+def save_model(model: Model, config: Dict, path: Union[str, Path]) -> None:
+    """Write ``config.json``, ``model.safetensors`` and the stream files to ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    params = dict(tree_flatten(model.parameters()))
+    base = {k: v for k, v in params.items() if not k.startswith("streams.")}
+    mx.save_safetensors(
+        str(path / "model.safetensors"), base, metadata={"format": "mlx"}
+    )
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    model.streams.args.save(path)
+    streams = {k: v.astype(mx.float32) for k, v in model.streams.file_weights().items()}
+    mx.save_safetensors(str(path / STREAMS_FILE), streams)
