@@ -8,7 +8,7 @@ import pytest
 from mlx_lm.models.rope_utils import initialize_rope
 
 from mlx_specstream.models import fast_ops
-from mlx_specstream.models.llama import apply_rope, rope_tables
+from mlx_specstream.models.rope import apply_rope, rope_tables
 
 
 def test_exp_matches_float64_to_a_few_ulp():

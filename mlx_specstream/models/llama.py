@@ -16,11 +16,10 @@ from mlx_lm.models.rope_utils import initialize_rope
 
 from ..format import StreamArgs
 from . import fast_ops
+from .cache import make_cache
 from .msa import Rows
+from .rope import apply_rope
 from .streams import StreamParams
-
-Positions = Union[int, mx.array]
-
 
 @dataclass
 class ModelArgs(BaseModelArgs):
@@ -69,47 +68,6 @@ class ModelArgs(BaseModelArgs):
             "mlp.up_proj": (h, f),
             "mlp.down_proj": (f, h),
         }
-
-
-def apply_rope(
-    rope: nn.Module, x: mx.array, positions: Positions, tables: Optional[tuple] = None
-) -> mx.array:
-    """RoPE on (1, R, n_heads, head_dim) rows at arbitrary per-row positions.
-
-    ``tables`` (from ``rope_tables``) rotate with multiplies only; MLX's per-row rope
-    recomputes sines and cosines for every head of every layer, slowly on CPU.
-    """
-    if isinstance(positions, int):
-        return rope(x.transpose(0, 2, 1, 3), offset=positions)
-    if tables is not None:
-        return fast_ops.rotate(x, *tables).transpose(0, 2, 1, 3)
-    _, R, H, D = x.shape
-    # Each row becomes its own batch entry so fast.rope takes one offset per row.
-    x = rope(x.reshape(R, 1, H, D).transpose(0, 2, 1, 3), offset=positions)
-    return x.transpose(2, 1, 0, 3)  # (R, H, 1, D) -> (1, H, R, D)
-
-
-def rope_tables(rope: nn.Module, positions: mx.array, head_dim: int) -> Optional[tuple]:
-    """(cos, sin, traditional) of each row's rotation, read off ``rope`` itself.
-
-    Rotating a unit vector gives cos and sin in the slots of each rotated pair, so
-    any RoPE variant (scaled, YaRN, ...) is covered. None where the module rotates
-    only part of the head or does not say how it pairs dimensions.
-    """
-    traditional = getattr(rope, "traditional", None)
-    if getattr(rope, "dims", None) != head_dim or traditional is None:
-        return None
-    half = head_dim // 2
-    unit = mx.zeros((head_dim,))
-    unit = unit.at[0::2].add(1.0) if traditional else unit.at[:half].add(1.0)
-    R = positions.size
-    out = apply_rope(rope, mx.broadcast_to(unit, (1, R, 1, head_dim)), positions)
-    out = out[0, 0]  # (R, head_dim)
-    cos, sin = (
-        (out[:, 0::2], out[:, 1::2]) if traditional else (out[:, :half], out[:, half:])
-    )
-    # (R, half) -> (1, R, 1, half): broadcast over heads
-    return cos[None, :, None], sin[None, :, None], traditional
 
 
 class Attention(nn.Module):
@@ -252,8 +210,6 @@ class Model(nn.Module):
 
     def __call__(self, inputs: mx.array, cache: Optional[List[Any]] = None) -> mx.array:
         """Plain causal forward, mlx-lm style: (1, L) tokens -> (1, L, V) logits."""
-        from .cache import make_cache  # local: cache.py imports nothing from here
-
         cache = cache if cache is not None else make_cache(self)
         L = inputs.shape[-1]
         rows = Rows.causal(L, cache[0].offset, self.streams)
@@ -266,8 +222,6 @@ class Model(nn.Module):
         Returns:
             ``(main (T, V), streams (T, γ, V))`` in float32.
         """
-        from .cache import make_cache
-
         cache = make_cache(self)
         T = tokens.size
         rows = Rows.causal(T, 0, self.streams)
@@ -282,8 +236,6 @@ class Model(nn.Module):
 
     def early_exit_logits(self, tokens: mx.array) -> mx.array:
         """Early-exit (pruning head) logits at every position, (T, V) float32."""
-        from .cache import make_cache
-
         rows = Rows.causal(tokens.size, 0, self.streams)
         h = self.run_layers(self.embed(tokens), rows, make_cache(self), 0, self.split)
         return self.early_exit(h[0]).astype(mx.float32)

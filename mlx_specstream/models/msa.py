@@ -20,6 +20,7 @@ import mlx.core as mx
 import numpy as np
 
 from .fast_ops import KEY_BUCKET
+from .rope import rope_tables
 from .streams import StreamParams
 
 
@@ -131,8 +132,6 @@ class Rows:
         if isinstance(self.positions, int):
             return None
         if self._rope is None or self._rope[0] is not self.positions:
-            from .llama import rope_tables  # llama.py imports this module
-
             self._rope = (self.positions, rope_tables(rope, self.positions, head_dim))
         return self._rope[1]
 

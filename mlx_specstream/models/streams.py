@@ -8,6 +8,7 @@ from typing import Dict, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from ..format import STREAM_ADAPTER_MODULES, StreamArgs
 
@@ -79,14 +80,10 @@ class StreamParams(nn.Module):
         return self.layers[k].get(module.replace(".", "_"))
 
     def num_parameters(self) -> int:
-        from mlx.utils import tree_flatten
-
         return sum(v.size for _, v in tree_flatten(self.parameters()))
 
     def file_weights(self) -> Dict[str, mx.array]:
         """Parameters under their ``streams.safetensors`` names (format.py)."""
-        from mlx.utils import tree_flatten
-
         out = {}
         for k, v in tree_flatten(self.parameters()):
             if k.startswith("layers."):
