@@ -28,7 +28,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-from .blas import active_blas
+from .blas import active_blas, ensure_openblas
 from .calibration import (
     Calibration,
     describe,
@@ -208,3 +208,8 @@ def main(argv=None) -> None:
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     print(f"best: {describe(cal)}; saved {f}")
+
+
+if __name__ == "__main__":
+    ensure_openblas()
+    main()

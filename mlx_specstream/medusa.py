@@ -21,22 +21,21 @@ from typing import Dict, Sequence, Union
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 from mlx.utils import tree_flatten
 
 from .drafters import StreamDrafter, StreamTopK, topk_logprobs
+from .errors import ModelFileError, ModelFileNotFoundError
+from .files import load_safetensors, read_json
+from .model_io import check_shapes
 from .tree import Tree, TreeShape
 
 MEDUSA_CONFIG = "medusa.json"
 MEDUSA_WEIGHTS = "medusa.safetensors"
 
 
-class MedusaLoadError(ValueError):
-    """Medusa files that cannot be used; the message names the file and the problem."""
-
-
-class MedusaFileNotFoundError(MedusaLoadError, FileNotFoundError):
-    """A Medusa file that does not exist."""
+# Medusa files that cannot be used; the message names the file and the problem.
+MedusaLoadError = ModelFileError
+MedusaFileNotFoundError = ModelFileNotFoundError
 
 
 def medusa_tensor_shapes(
@@ -124,21 +123,12 @@ class MedusaHeads(nn.Module):
 
 
 def _read_config(file: Path) -> Dict[str, int]:
-    if not file.is_file():
-        raise MedusaFileNotFoundError(f"{file}: file not found")
-    try:
-        config = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MedusaLoadError(f"{file}: invalid JSON ({e})") from None
+    config = read_json(file)
     keys = ("num_heads", "hidden_size", "vocab_size")
-    if not isinstance(config, dict):
-        raise MedusaLoadError(f"{file}: expected a JSON object")
     for k in keys:
         v = config.get(k)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise MedusaLoadError(
-                f"{file}: '{k}' must be a positive integer, got {v!r}"
-            )
+            raise MedusaLoadError(file, f"'{k}' must be a positive integer, got {v!r}")
     return {k: config[k] for k in keys}
 
 
@@ -155,26 +145,11 @@ def load_medusa(path: Union[str, Path], dtype: mx.Dtype = mx.float32) -> MedusaH
     """
     path = Path(path)
     if not path.is_dir():
-        raise MedusaFileNotFoundError(f"{path}: not a directory")
+        raise MedusaFileNotFoundError(path, "not a directory")
     config = _read_config(path / MEDUSA_CONFIG)
     file = path / MEDUSA_WEIGHTS
-    if not file.is_file():
-        raise MedusaFileNotFoundError(f"{file}: file not found")
-    try:
-        weights = mx.load(str(file))
-    except Exception as e:  # mlx raises RuntimeError/ValueError on bad headers
-        raise MedusaLoadError(f"{file}: cannot read safetensors ({e})") from None
-    expected = medusa_tensor_shapes(**config)
-    for k, v in weights.items():
-        if k not in expected:
-            raise MedusaLoadError(f"{file}: unexpected tensor {k!r}")
-        if tuple(v.shape) != expected[k]:
-            raise MedusaLoadError(
-                f"{file}: tensor {k!r} has shape {tuple(v.shape)}, expected {expected[k]}"
-            )
-    missing = sorted(set(expected) - set(weights))
-    if missing:
-        raise MedusaLoadError(f"{file}: missing tensor {missing[0]!r}")
+    weights = load_safetensors(file)
+    check_shapes(medusa_tensor_shapes(**config), weights, file)
     heads = MedusaHeads(**config)
     heads.load_weights([(k, v.astype(dtype)) for k, v in weights.items()])
     mx.eval(heads.parameters())

@@ -180,7 +180,7 @@ def _corrupt(tmp_path, what):
         return tmp_path, wts, "file not found"
     if what == "garbage":
         wts.write_bytes(b"\x00garbage")
-        return tmp_path, wts, "cannot read safetensors"
+        return tmp_path, wts, "truncated or corrupt safetensors file"
     if what == "wrong_vocab":
         cfg.write_text(
             json.dumps({"num_heads": 4, "hidden_size": 64, "vocab_size": 100})
