@@ -27,7 +27,7 @@ from mlx_specstream.utils import load
 
 from mlx_specstream.drafters import MixedDrafter, PromptLookupDrafter, StreamDrafter
 from mlx_specstream.generate import stream_generate
-from mlx_specstream.prompts import apply_chat_template, encode_prompt
+from mlx_specstream.prompts import apply_chat_template, encode_prompt, read_prompts
 from mlx_specstream.tree import TreeShape
 
 CHAT_PROMPTS = [
@@ -74,10 +74,8 @@ def load_prompts(data: Optional[str], per_task: int) -> List[tuple]:
         for f in sorted(Path(data).glob("*_test.jsonl")):
             if f.stem.startswith("subset"):  # a mix of the task files, not a task
                 continue
-            rows = [
-                json.loads(line) for line in f.read_text().splitlines() if line.strip()
-            ]
-            prompts += [(f.stem[: -len("_test")], r["prompt"]) for r in rows[:per_task]]
+            task = f.stem[: -len("_test")]
+            prompts += [(task, p) for p in read_prompts(f)[:per_task]]
     return prompts
 
 
@@ -92,6 +90,15 @@ def _ours(model, tokenizer, ids, max_tokens, **kw) -> tuple:
             acc.append(last.accepted)
         out += last.tokens
     return out, first - tic, time.perf_counter() - first, last.forward_calls, acc
+
+
+def _uncalibrated(model, tokenizer, ids, max_tokens) -> tuple:
+    """What ``load`` + ``stream_generate`` give where no calibration is cached."""
+    cal, model.calibration = model.calibration, None
+    try:
+        return _ours(model, tokenizer, ids, max_tokens)
+    finally:
+        model.calibration = cal
 
 
 def _mlx_lm(model, tokenizer, ids, max_tokens) -> tuple:
@@ -140,6 +147,9 @@ def make_methods(model, args) -> Dict[str, Callable]:
     }
     for name, kw in ss.items():
         methods[name] = lambda ids, kw=kw: _ours(model, tok, ids, args.max_tokens, **kw)
+    methods["api_default_uncalibrated"] = lambda ids: _uncalibrated(
+        model, tok, ids, args.max_tokens
+    )
     if args.medusa:
         heads = load_medusa(args.medusa)
         drafter = MedusaDrafter(heads, TreeShape(budget=16))
