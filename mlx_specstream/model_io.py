@@ -2,13 +2,14 @@
 """Read and write MLX model directories: mlx-lm / Hugging Face layout plus our stream files."""
 
 import glob
-import json
 from pathlib import Path
 from typing import Dict, Optional, Union
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
+from mlx_lm.utils import save_config
+from mlx_lm.utils import save_model as mlx_lm_save_model
 
 from .errors import ModelFileError
 from .files import load_safetensors, read_json
@@ -162,16 +163,25 @@ def load_model(path: Union[str, Path], lazy: bool = True) -> Model:
     return model
 
 
+class _BaseWeights(nn.Module):
+    """The base model's modules without the streams, under their own names."""
+
+    def __init__(self, model: Model):
+        super().__init__()
+        self.model = model.model
+        if "lm_head" in model:
+            self.lm_head = model.lm_head
+
+
 def save_model(model: Model, config: Dict, path: Union[str, Path]) -> None:
-    """Write ``config.json``, ``model.safetensors`` and the stream files to ``path``."""
+    """Write ``config.json``, the base weights and the stream files to ``path``.
+
+    Base weights and config go through mlx-lm's writers (sharded above 5 GB, with
+    an index), so the directory is also an mlx-lm model directory.
+    """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    params = dict(tree_flatten(model.parameters()))
-    base = {k: v for k, v in params.items() if not k.startswith("streams.")}
-    mx.save_safetensors(
-        str(path / "model.safetensors"), base, metadata={"format": "mlx"}
-    )
-    (path / "config.json").write_text(json.dumps(config, indent=2))
+    mlx_lm_save_model(path, _BaseWeights(model))
+    save_config(dict(config), path / "config.json")
     model.streams.args.save(path)
     streams = {k: v.astype(mx.float32) for k, v in model.streams.file_weights().items()}
     mx.save_safetensors(str(path / STREAMS_FILE), streams)
