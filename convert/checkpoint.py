@@ -6,6 +6,7 @@ Everything here returns MLX arrays keyed by Hugging Face names and raises
 ``pytorch_model.bin`` files, and only with ``weights_only=True``.
 """
 
+import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -14,15 +15,16 @@ from typing import Dict, Optional, Tuple
 import mlx.core as mx
 
 from mlx_specstream.files import load_safetensors, read_json
-from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE, StreamArgs
+from mlx_specstream.format import (
+    SETTINGS_FILE,
+    STREAMS_FILE,
+    SUPPORTED_ARCHITECTURES,
+    StreamArgs,
+)
+from mlx_specstream.model_io import load_stream_args
 
 from .errors import ConvertError, ConvertFileNotFoundError
 
-SUPPORTED_ARCHITECTURES = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-}
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -68,10 +70,8 @@ def load_torch_bin(path: Path) -> Weights:
     A pickle that needs code execution (any global outside torch's allow-list) is
     refused by torch before anything runs; we report it and stop.
     """
-    import pickle
-
     try:
-        import torch
+        import torch  # optional (the convert extra), needed for .bin files only
     except ImportError:
         raise ConvertError(
             path,
@@ -174,13 +174,7 @@ def load_streams(directory: Path) -> Optional[Tuple[StreamArgs, Weights]]:
         raise ConvertFileNotFoundError(
             tensors, f"missing (but {SETTINGS_FILE} is present)"
         )
-    try:
-        args = StreamArgs.from_dict(read_json(settings))
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ConvertError):
-            raise
-        raise ConvertError(settings, str(e)) from None
-    return args, load_safetensors(tensors)
+    return load_stream_args(directory), load_safetensors(tensors)
 
 
 def copy_tokenizer(src: Path, dst: Path) -> int:

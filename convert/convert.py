@@ -16,6 +16,7 @@ from typing import Callable, Dict, Optional, Union
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.utils import quantize_model
 from tqdm import tqdm
 
 from mlx_specstream.files import check_destination, write_atomically
@@ -200,9 +201,7 @@ def build_converted(
         weights, n = merge_lora(weights, adapter)
         print(f"merged LoRA into {n} modules from {adapter}", file=sys.stderr)
     if stream_tensors is not None:
-        stream_tensors = check_stream_weights(
-            stream_tensors, stream_args, model, streams_dir
-        )
+        stream_tensors = check_stream_weights(stream_tensors, model, streams_dir)
     for k in tqdm(list(weights), desc="convert", unit="tensor", disable=None):
         weights[k] = weights[k].astype(dtype)
         mx.eval(weights[k])  # read (and cast) one tensor at a time
@@ -215,8 +214,6 @@ def build_converted(
 
 def _quantize(model, config: Dict, bits: int, group_size: int) -> tuple:
     # Stream parameters are plain arrays, not Linear layers: they stay float32.
-    from mlx_lm.utils import quantize_model
-
     model, config = quantize_model(model, config, group_size, bits)
     if not any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules()):
         print(

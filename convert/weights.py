@@ -11,22 +11,14 @@ from pathlib import Path
 from typing import Dict, Tuple
 
 import mlx.core as mx
-from mlx.utils import tree_flatten
 
-from mlx_specstream.format import STREAMS_FILE, StreamArgs, stream_tensor_shapes
+from mlx_specstream.files import load_safetensors, read_json
+from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE
+from mlx_specstream.model_io import base_shapes, check_shapes, stream_shapes
 from mlx_specstream.models.llama import Model
 
-from .checkpoint import Origins, Weights, load_safetensors, load_torch_bin, read_json
+from .checkpoint import Origins, Weights, load_torch_bin
 from .errors import ConvertError, ConvertFileNotFoundError
-
-
-def base_shapes(model: Model) -> Dict[str, Tuple[int, ...]]:
-    """Name -> shape of every base (non-stream) parameter of ``model``."""
-    return {
-        k: tuple(v.shape)
-        for k, v in tree_flatten(model.parameters())
-        if not k.startswith("streams.")
-    }
 
 
 def check_base_weights(
@@ -44,53 +36,33 @@ def check_base_weights(
         The weights ``model.load_weights`` takes.
     """
     weights = model.sanitize(dict(weights))  # rotary inv_freq, tied lm_head
-    expected = base_shapes(model)
+    check_shapes(
+        base_shapes(model),
+        weights,
+        source,
+        origins=origins,
+        unexpected=f" (not in a {model.model_type} model)",
+        implied_by="config.json implies",
+        count_missing=True,
+    )
     for k, v in weights.items():
-        where = origins.get(k, source)
-        if k not in expected:
-            raise ConvertError(
-                where, f"unexpected tensor {k!r} (not in a {model.model_type} model)"
-            )
-        if tuple(v.shape) != expected[k]:
-            raise ConvertError(
-                where,
-                f"tensor {k!r} has shape {tuple(v.shape)}, config.json implies "
-                f"{expected[k]}",
-            )
         if not mx.issubdtype(v.dtype, mx.floating):
             raise ConvertError(
-                where, f"tensor {k!r} has dtype {v.dtype}, expected a float type"
+                origins.get(k, source),
+                f"tensor {k!r} has dtype {v.dtype}, expected a float type",
             )
-    missing = [k for k in expected if k not in weights]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise ConvertError(source, f"missing tensor {missing[0]!r}{more}")
     return weights
 
 
-def check_stream_weights(
-    tensors: Weights, args: StreamArgs, model: Model, directory: Path
-) -> Weights:
-    """Check stream tensors against ``format.stream_tensor_shapes``; return them float32."""
-    a = model.args
-    expected = stream_tensor_shapes(
-        args, a.hidden_size, a.layer_dims, a.num_hidden_layers
+def check_stream_weights(tensors: Weights, model: Model, directory: Path) -> Weights:
+    """Check stream tensors against the model's streams (``model_io.stream_shapes``);
+    return them float32."""
+    check_shapes(
+        stream_shapes(model),
+        tensors,
+        directory / STREAMS_FILE,
+        unexpected=f" for the settings in {SETTINGS_FILE}",
     )
-    path = directory / STREAMS_FILE
-    for k, v in tensors.items():
-        if k not in expected:
-            raise ConvertError(
-                path,
-                f"unexpected tensor {k!r} for the settings in speculative_streaming.json",
-            )
-        if tuple(v.shape) != tuple(expected[k]):
-            raise ConvertError(
-                path,
-                f"tensor {k!r} has shape {tuple(v.shape)}, expected {tuple(expected[k])}",
-            )
-    missing = [k for k in expected if k not in tensors]
-    if missing:
-        raise ConvertError(path, f"missing tensor {missing[0]!r}")
     return {k: v.astype(mx.float32) for k, v in tensors.items()}
 
 

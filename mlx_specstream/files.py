@@ -112,6 +112,22 @@ def write_text_atomically(path: Path, text: str) -> None:
     write_file_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def write_files_atomically(directory: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` on a temporary directory inside ``directory``, then rename
+    each file it wrote into ``directory`` (each one atomically; others stay as they are).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".", suffix=".tmp", dir=directory))
+    try:
+        write(tmp)
+        for f in sorted(tmp.iterdir()):
+            os.chmod(f, 0o666 & ~_umask())  # some writers (safetensors) make it 0600
+            os.replace(f, directory / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def check_destination(dst: Path, force: bool) -> None:
     if dst.exists() and not force:
         raise ModelFileError(dst, "already exists (use --force to replace it)")

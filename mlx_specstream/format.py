@@ -27,6 +27,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Dict, List
 
+# The base models streams are defined for: config.json's model_type -> the Hugging
+# Face architecture (config.json's "architectures") of its causal LM.
+SUPPORTED_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
 SETTINGS_FILE = "speculative_streaming.json"
 STREAMS_FILE = "streams.safetensors"
 STREAM_ADAPTER_MODULES = (

@@ -13,10 +13,16 @@ from mlx_lm.utils import save_model as mlx_lm_save_model
 
 from .errors import ModelFileError
 from .files import load_safetensors, read_json
-from .format import SETTINGS_FILE, STREAMS_FILE, StreamArgs, stream_tensor_shapes
+from .format import (
+    SETTINGS_FILE,
+    STREAMS_FILE,
+    SUPPORTED_ARCHITECTURES,
+    StreamArgs,
+    stream_tensor_shapes,
+)
 from .models.llama import Model, ModelArgs
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = tuple(SUPPORTED_ARCHITECTURES)
 
 
 # A model directory that cannot be loaded; the message names file and problem.
@@ -69,20 +75,36 @@ def build_model(config: Dict, stream_args: Optional[StreamArgs] = None) -> Model
 
 
 def check_shapes(
-    expected: Dict[str, tuple], got: Dict[str, mx.array], file: Path
+    expected: Dict[str, tuple],
+    got: Dict[str, mx.array],
+    file: Path,
+    origins: Optional[Dict[str, Path]] = None,
+    unexpected: str = "",
+    implied_by: str = "expected",
+    count_missing: bool = False,
 ) -> None:
-    """Every tensor of ``got`` is expected, with the expected shape, and none is missing."""
+    """Every tensor of ``got`` is expected, with the expected shape, and none is missing.
+
+    The optional arguments add detail to the messages (the converter's): ``origins``
+    names the file each tensor came from (default ``file``), ``unexpected`` says why a
+    tensor is unexpected, ``implied_by`` what gives the expected shape, and
+    ``count_missing`` how many more tensors are missing.
+    """
     for k, v in got.items():
+        where = origins.get(k, file) if origins else file
         if k not in expected:
-            raise ModelFileError(file, f"unexpected tensor {k!r}")
+            raise ModelFileError(where, f"unexpected tensor {k!r}{unexpected}")
         if tuple(v.shape) != tuple(expected[k]):
             raise ModelFileError(
-                file,
-                f"tensor {k!r} has shape {tuple(v.shape)}, expected {tuple(expected[k])}",
+                where,
+                f"tensor {k!r} has shape {tuple(v.shape)}, "
+                f"{implied_by} {tuple(expected[k])}",
             )
     missing = sorted(set(expected) - set(got))
     if missing:
-        raise ModelFileError(file, f"missing tensor {missing[0]!r}")
+        n = len(missing) - 1
+        more = f" (and {n} more)" if count_missing and n else ""
+        raise ModelFileError(file, f"missing tensor {missing[0]!r}{more}")
 
 
 def base_shapes(model: Model) -> Dict[str, tuple]:

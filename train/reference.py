@@ -15,11 +15,18 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE, StreamArgs
+from mlx_specstream.format import (
+    SETTINGS_FILE,
+    STREAMS_FILE,
+    SUPPORTED_ARCHITECTURES,
+    StreamArgs,
+)
+from mlx_specstream.model_io import load_stream_args
+from mlx_specstream.models.llama import ModelArgs
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 KV = Tuple[torch.Tensor, torch.Tensor]
 
 
@@ -52,19 +59,9 @@ def _linear(
 
 
 def layer_dims(config) -> Dict[str, tuple]:
-    """(in, out) features of every adaptable linear layer of a HF config."""
-    h, i = config.hidden_size, config.intermediate_size
-    d = getattr(config, "head_dim", None) or h // config.num_attention_heads
-    q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
-    return {
-        "self_attn.q_proj": (h, q),
-        "self_attn.k_proj": (h, kv),
-        "self_attn.v_proj": (h, kv),
-        "self_attn.o_proj": (q, h),
-        "mlp.gate_proj": (h, i),
-        "mlp.up_proj": (h, i),
-        "mlp.down_proj": (i, h),
-    }
+    """(in, out) features of every adaptable linear layer of a HF config, as the MLX
+    model derives them (``ModelArgs.layer_dims``)."""
+    return ModelArgs.from_dict(config.to_dict()).layer_dims
 
 
 class StreamingReference(nn.Module):
@@ -78,7 +75,7 @@ class StreamingReference(nn.Module):
     def __init__(self, hf_model: nn.Module, stream_args: StreamArgs):
         super().__init__()
         config = hf_model.config
-        if config.model_type not in SUPPORTED_MODEL_TYPES:
+        if config.model_type not in SUPPORTED_ARCHITECTURES:
             raise ValueError(f"unsupported model_type {config.model_type!r}")
         n = config.num_hidden_layers
         if stream_args.num_stream_layers > n:
@@ -135,7 +132,7 @@ class StreamingReference(nn.Module):
             stream_args: settings to use when the directory has no stream files.
             hf_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (e.g. gguf_file).
         """
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM  # slow to import; needed here only
 
         path = Path(path)
         if not path.is_dir():
@@ -189,8 +186,6 @@ class StreamingReference(nn.Module):
 
     def save_streams(self, directory: Union[str, Path]) -> None:
         """Write ``speculative_streaming.json`` and ``streams.safetensors`` (float32)."""
-        from safetensors.torch import save_file
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.args.save(directory)
@@ -202,8 +197,6 @@ class StreamingReference(nn.Module):
 
     def load_streams(self, directory: Union[str, Path]) -> None:
         """Read ``streams.safetensors``; its settings must match this model's."""
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         args = read_stream_args(directory)
         if args.to_dict() | {"prune_threshold": 0} != self.args.to_dict() | {
@@ -396,12 +389,7 @@ class StreamingReference(nn.Module):
 
 def read_stream_args(directory: Union[str, Path]) -> StreamArgs:
     """Parse ``speculative_streaming.json`` with a one-line error on bad input."""
-    import json
-
-    path = Path(directory) / SETTINGS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        return StreamArgs.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: {e}") from None
+    args = load_stream_args(directory)
+    if args is None:
+        raise FileNotFoundError(f"{Path(directory) / SETTINGS_FILE}: no such file")
+    return args

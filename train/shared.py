@@ -7,10 +7,7 @@ position (v1 §3.2.4). The pruning adapter learns next-token CE of the early-exi
 logits on a detached M, so it never shapes the LoRA of the lower layers.
 """
 
-import os
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -21,8 +18,6 @@ from .reference import StreamingReference
 from .examples import Example
 from .state import acceptance_stats
 
-ADAPTER_DIR = "adapter"
-
 
 def add_shared_lora(
     ref: StreamingReference, rank: int, alpha: float, modules: Sequence[str]
@@ -32,26 +27,13 @@ def add_shared_lora(
     ``ref.hf`` keeps pointing at the same (now adapted) model, so main and stream
     rows both go through the LoRA.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # optional: shared mode only
 
     names = sorted({m.split(".")[-1] for m in modules})
     config = LoraConfig(
         r=rank, lora_alpha=alpha, target_modules=names, lora_dropout=0.0
     )
     return get_peft_model(ref.hf, config)
-
-
-def save_adapter(peft_model, directory: Path) -> None:
-    """Write the PEFT adapter to ``directory/adapter`` atomically (rename into place)."""
-    final, tmp = Path(directory) / ADAPTER_DIR, Path(directory) / f".{ADAPTER_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    peft_model.save_pretrained(str(tmp))
-    old = Path(directory) / f".{ADAPTER_DIR}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass

@@ -10,11 +10,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE
+from mlx_specstream.files import (
+    write_atomically,
+    write_file_atomically,
+    write_files_atomically,
+)
 
 from .reference import StreamingReference
 
 STATE_FILE = "trainer_state.pt"
+ADAPTER_DIR = "adapter"
 
 
 def init_distributed() -> Tuple[int, int, torch.device]:
@@ -111,6 +116,15 @@ def trainable(module: nn.Module) -> Dict[str, nn.Parameter]:
     return {n: p for n, p in module.named_parameters() if p.requires_grad}
 
 
+def save_adapter(peft_model, directory: Path) -> None:
+    """Write the PEFT adapter to ``directory/adapter``, replacing the old one atomically."""
+    write_atomically(
+        Path(directory) / ADAPTER_DIR,
+        lambda tmp: peft_model.save_pretrained(str(tmp)),
+        force=True,
+    )
+
+
 def save_checkpoint(
     out: Path,
     ref: StreamingReference,
@@ -126,15 +140,8 @@ def save_checkpoint(
     The state file goes last and holds the trainable tensors itself, so a resume never
     mixes files of two different steps.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".tmp"
-    tmp.mkdir(exist_ok=True)
-    ref.save_streams(tmp)
-    for name in (SETTINGS_FILE, STREAMS_FILE):
-        os.replace(tmp / name, out / name)
+    write_files_atomically(out, ref.save_streams)
     if peft_model is not None:
-        from .shared import save_adapter
-
         save_adapter(peft_model, out)
     state = {
         "step": step,
@@ -143,9 +150,7 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict(),
         "meta": meta,
     }
-    torch.save(state, tmp / STATE_FILE)
-    os.replace(tmp / STATE_FILE, out / STATE_FILE)
-    tmp.rmdir()
+    write_file_atomically(out / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(
