@@ -114,7 +114,7 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 def write_files_atomically(directory: Path, write: Callable[[Path], None]) -> None:
     """Run ``write(tmp)`` on a temporary directory inside ``directory``, then rename
-    each file it wrote into ``directory`` (each one atomically; others stay as they are).
+    each file it wrote into ``directory``, each atomically (other files stay).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

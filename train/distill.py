@@ -10,12 +10,21 @@ output are skipped.
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+
+import mlx.core as mx
+import mlx_lm
+from mlx_lm.generate import BatchGenerator
+from tqdm import tqdm
+
+from mlx_specstream.blas import active_blas, ensure_openblas
+from mlx_specstream.files import read_json, write_text_atomically
+from mlx_specstream.model_io import normalise_config
+from mlx_specstream.registry import resolve
 
 from .datasets import DataError
 
@@ -97,9 +106,7 @@ def read_done(path: str) -> Set[str]:
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     if len(good) != len(lines) or (lines and not lines[-1].endswith("\n")):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(good), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomically(path, "".join(good))
     return ids
 
 
@@ -110,30 +117,16 @@ def resolve_model(name_or_path: str) -> Path:
         if not (p / "config.json").is_file():
             raise DataError(f"{p}: not a model directory (no config.json)")
         return p
-    try:
-        from mlx_specstream.registry import resolve
-    except ImportError:
-        raise DataError(f"{name_or_path}: model directory not found") from None
     return Path(resolve(name_or_path))
 
 
 def load(path: Path, dtype: str = "float32") -> Tuple[Any, Any]:
     """Load a model directory with mlx-lm and cast it (``dtype``: float32, float16,
     bfloat16 or ``native`` to keep the stored precision)."""
-    import mlx.core as mx
-    import mlx_lm
-
-    config = json.loads((path / "config.json").read_text())
-    overrides = {}
-    rope = config.get("rope_parameters") or {}
+    config = read_json(path / "config.json")
     # transformers 5 moves rope_theta into rope_parameters; mlx-lm would fall back to
     # its 10000 default and silently produce a different model.
-    if "rope_theta" not in config and "rope_theta" in rope:
-        overrides["rope_theta"] = rope["rope_theta"]
-        if rope.get("rope_type", "default") != "default" and not config.get(
-            "rope_scaling"
-        ):
-            overrides["rope_scaling"] = rope
+    overrides = {k: v for k, v in normalise_config(config).items() if k not in config}
     model, tokenizer = mlx_lm.load(str(path), model_config=overrides or None)
     if dtype != "native":
         model.set_dtype(getattr(mx, dtype))
@@ -185,8 +178,6 @@ def distill(
         ``reference``, and ``prompt_tokens``, ``completion_tokens`` (ids, end-of-turn
         token left out) and ``finish_reason`` ("stop" or "length").
     """
-    from tqdm import tqdm
-
     if max_tokens < 1 or batch_size < 1:
         raise DataError("--max-tokens and --batch-size must be >= 1")
     done = read_done(output_path)
@@ -199,7 +190,7 @@ def distill(
     order = sorted(range(len(todo)), key=lambda i: len(prompts[i]))
     tic = time.perf_counter()
     if backend == "torch":
-        from .distill_torch import torch_greedy_batches
+        from .distill_torch import torch_greedy_batches  # torch: for this backend only
 
         results = torch_greedy_batches(
             model_dir, prompts, order, max_tokens, batch_size, tokenizer.eos_token_ids
@@ -229,8 +220,6 @@ def distill(
 
 def mlx_batches(model, tokenizer, prompts, order, max_tokens, batch_size):
     """Yield ``(prompt index, completion ids without EOS, finish reason)``."""
-    from mlx_lm.generate import BatchGenerator
-
     gen = BatchGenerator(
         model,
         max_tokens=max_tokens,
@@ -300,12 +289,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> None:
     """CLI entry point; on bad input prints ``error: ...`` and exits with status 1."""
     args = setup_arg_parser().parse_args(argv)
-    try:  # the runtime's CLI re-executes with OpenBLAS preloaded on Linux
-        from mlx_specstream.blas import active_blas
-
-        print(f"BLAS: {active_blas()}", file=sys.stderr)
-    except ImportError:
-        pass
+    # the runtime's CLI re-executes with OpenBLAS preloaded on Linux
+    print(f"BLAS: {active_blas()}", file=sys.stderr)
     try:
         records = read_prompts(args.input)
         path = resolve_model(args.model)
@@ -333,10 +318,5 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        from mlx_specstream.blas import ensure_openblas
-
-        ensure_openblas()  # fp32 decoding on Linux CPU is ~30x faster with OpenBLAS
-    except ImportError:
-        pass
+    ensure_openblas()  # fp32 decoding on Linux CPU is ~30x faster with OpenBLAS
     main()

@@ -9,6 +9,9 @@ backend, whose non-GEMM ops run single-threaded. On Apple silicon use the MLX ba
 from pathlib import Path
 from typing import Iterator, List, Sequence, Tuple
 
+import torch
+from transformers import AutoModelForCausalLM
+
 
 def torch_greedy_batches(
     model_dir: Path,
@@ -22,9 +25,6 @@ def torch_greedy_batches(
 
     Prompts are taken in ``order`` (similar lengths together) and left-padded.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(
         str(model_dir), dtype=torch.float32
     ).eval()

@@ -17,9 +17,7 @@ from typing import Dict, List, Tuple, Union
 
 import numpy as np
 
-
-class DataError(ValueError):
-    """Bad training data; ``str(e)`` is ``"<file>[:<line>]: <problem>"``."""
+from .datasets import DataError
 
 
 class DataFileNotFoundError(DataError, FileNotFoundError):

@@ -13,7 +13,6 @@ t learns token t + 2 + k with cross-entropy over completion tokens, weighted by
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,11 +22,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
-from mlx_specstream.files import write_atomically
+from mlx_specstream.files import write_atomically, write_file_atomically
 from mlx_specstream.medusa import MEDUSA_CONFIG, MEDUSA_WEIGHTS
+from mlx_specstream.registry import resolve
 
 from .trainer import TrainError, load_base
 from .examples import BatchPlan, Example, load_examples
@@ -298,15 +299,11 @@ def train_medusa(
     }
 
     def write(tmp: Path) -> None:
-        from safetensors.torch import save_file
-
         state = {
             k: v.detach().float().contiguous() for k, v in heads.state_dict().items()
         }
-        save_file(state, str(tmp / MEDUSA_WEIGHTS))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp / MEDUSA_WEIGHTS, 0o666 & ~umask)  # save_file makes it private
+        # save_file makes its file private; this gives it the usual permissions
+        write_file_atomically(tmp / MEDUSA_WEIGHTS, lambda f: save_file(state, str(f)))
         (tmp / MEDUSA_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -352,8 +349,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     """CLI entry: on bad input prints ``error: ...`` and exits 1, never a traceback."""
     args = vars(build_parser().parse_args(argv))
     try:
-        from mlx_specstream.registry import resolve
-
         if not args["model_dir"].endswith(".gguf"):
             args["model_dir"] = str(resolve(args["model_dir"]))
         summary = train_medusa(**args)

@@ -132,7 +132,7 @@ class StreamingReference(nn.Module):
             stream_args: settings to use when the directory has no stream files.
             hf_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (e.g. gguf_file).
         """
-        from transformers import AutoModelForCausalLM  # slow to import; needed here only
+        from transformers import AutoModelForCausalLM  # slow to import
 
         path = Path(path)
         if not path.is_dir():

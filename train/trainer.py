@@ -2,9 +2,9 @@
 """``mlx-specstream train``: train speculative streams (design.md §2, two modes).
 
 lossless: the base stays frozen; P, the insertion map, stream-only adapters and the
-pruning adapter learn the frozen model's own predictions (``convert/lossless.py``).
+pruning adapter learn the frozen model's own predictions (``train/lossless.py``).
 shared: a LoRA shared by main and streams plus the stream parameters learn eq. 5
-(``convert/train_shared.py``). Runs under ``torchrun`` with DDP; rank 0 writes
+(``train/shared.py``). Runs under ``torchrun`` with DDP; rank 0 writes
 ``speculative_streaming.json``, ``streams.safetensors`` (and ``adapter/``) to --out.
 """
 
@@ -22,8 +22,9 @@ from tqdm import tqdm
 from mlx_specstream.format import STREAM_ADAPTER_MODULES, StreamArgs
 
 from . import lossless
+from .datasets import DataError
+from .examples import BatchPlan, load_examples
 from .reference import StreamingReference
-from .examples import BatchPlan, DataError, load_examples
 from .shared import SharedTask, add_shared_lora
 from .state import (
     STATE_FILE,
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_base(path: str):
     """(HF model in float32, tokenizer) from a directory or a .gguf file."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # slow to import
 
     p, kw = Path(path), {}
     if p.suffix == ".gguf":

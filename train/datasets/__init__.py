@@ -59,7 +59,8 @@ COUNTRIES = (
 
 
 class DataError(ValueError):
-    """Bad input to a data command (a file, a task name, a size)."""
+    """Bad data or input to a data command (a file, a task name, a size); ``str(e)``
+    names the file (``"<file>[:<line>]: <problem>"``) where there is one."""
 
 
 def stable_hash(text: str) -> int:
