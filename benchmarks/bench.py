@@ -86,7 +86,7 @@ def _ours(model, tokenizer, ids, max_tokens, **kw) -> tuple:
     for last in stream_generate(model, tokenizer, ids, max_tokens=max_tokens, **kw):
         if first is None:
             first = time.perf_counter()
-        else:
+        elif not last.from_draft or last.finish_reason:  # a pass's last token
             acc.append(last.accepted)
         out += last.tokens
     return out, first - tic, time.perf_counter() - first, last.forward_calls, acc

@@ -3,6 +3,17 @@
 
 from ._version import __version__
 from .generate import GenerationResponse, generate, stream_generate
+from .models.cache import make_prompt_cache
+from .sample_utils import make_logits_processors, make_sampler
 from .utils import load
 
-__all__ = ["__version__", "load", "generate", "stream_generate", "GenerationResponse"]
+__all__ = [
+    "__version__",
+    "load",
+    "generate",
+    "stream_generate",
+    "GenerationResponse",
+    "make_prompt_cache",
+    "make_sampler",
+    "make_logits_processors",
+]

@@ -11,26 +11,36 @@ token (the next root) and, through its streams, the next draft.
 With ``stream_pass="accepted"`` the verify pass carries no stream rows; instead the
 accepted node's γ streams run alone through the top Ns layers after compaction. That
 trades a short extra pass for T·γ fewer rows, which pays off where rows are costly.
+
+Both loops continue a ``PromptCache``: it records the conversation, and the token
+the previous call left unfed is fed before the new prompt. mlx-lm logits processors
+see the conversation at every row they process: in a tree, each node's own path.
 """
 
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
 
 from .drafters import Drafter, StreamTopK, topk_logprobs
-from .models.cache import make_cache
+from .models.cache import PromptCache, as_prompt_cache
 from .models.llama import Model
 from .models.msa import Rows
 from .sample_utils import (
+    LogitsProcessor,
+    Sampler,
     SamplingArgs,
     accept_greedy,
     accept_sampled,
-    sample,
+    apply_logits_processors,
+    known_sampler,
+    log_softmax,
     target_logprobs,
 )
 from .tree import Tree
+
+ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -60,63 +70,175 @@ class Step:
     tree_size: int  # nodes drafted (root included)
     verified: int  # nodes that reached the top layers (after pruning)
     accepted: int  # draft tokens accepted (len(tokens) - 1)
+    # (len(tokens), V) float32: row k is the log-softmax of the (processed) logits
+    # token k was drawn from. Lazy: computed only if read.
+    logprobs: Optional[mx.array] = None
 
 
 def prefill(
-    model: Model, tokens: Sequence[int], cache: list, step_size: int
-) -> mx.array:
-    """Run all but the last prompt token through every layer, in chunks."""
+    model: Model,
+    tokens: Sequence[int],
+    cache: list,
+    step_size: int,
+    progress: Optional[ProgressCallback] = None,
+) -> None:
+    """Run all but the last token through every layer, in chunks.
+
+    Args:
+        progress: called with ``(tokens processed, len(tokens))`` after each chunk.
+    """
     for s in range(0, len(tokens) - 1, step_size):
-        chunk = mx.array(tokens[s : min(s + step_size, len(tokens) - 1)])
-        rows = Rows.causal(chunk.size, cache[0].offset, model.streams)
-        model.run_layers(model.embed(chunk), rows, cache, 0, len(model.layers))
+        e = min(s + step_size, len(tokens) - 1)
+        rows = Rows.causal(e - s, cache[0].offset, model.streams)
+        model.run_layers(
+            model.embed(mx.array(tokens[s:e])), rows, cache, 0, len(model.layers)
+        )
         mx.eval([c.keys for c in cache])
+        if progress is not None:
+            progress(e, len(tokens))
+
+
+def _begin(
+    model: Model,
+    prompt: Sequence[int],
+    cache: PromptCache,
+    step_size: int,
+    progress: Optional[ProgressCallback],
+) -> int:
+    """Feed the cache's pending tokens and all of ``prompt`` but its last token.
+
+    Returns:
+        How many tokens this call processes (for ``progress``).
+    """
+    if not prompt:
+        raise ValueError("prompt is empty: give at least one token")
+    cache.sync()
+    todo = cache.tokens[cache.fed :] + list(prompt)
+    if progress is not None:
+        progress(0, len(todo))
+    prefill(model, todo, cache, step_size, progress)
+    # Recorded once fed: a prefill stopped midway leaves rows that `sync` drops.
+    cache.tokens.extend(int(t) for t in prompt)
+    cache.pending = 1
+    return len(todo)
+
+
+def plain_generate_step(
+    prompt: Sequence[int],
+    model: Model,
+    sampler: Sampler = SamplingArgs(),
+    prefill_step_size: int = 512,
+    prompt_cache: Optional[list] = None,
+    *,
+    logits_processors: Optional[Sequence[LogitsProcessor]] = None,
+    prompt_progress_callback: Optional[ProgressCallback] = None,
+) -> Iterator[Step]:
+    """Plain autoregressive decoding with the same model and cache code (the oracle).
+
+    Args:
+        prompt: the new tokens (the cache's conversation comes before them).
+        sampler: ``SamplingArgs`` or any mlx-lm sampler ``(1, V) log-probs -> (1,)``.
+        prompt_cache: a ``PromptCache`` to continue and fill (default: a new one).
+        logits_processors: mlx-lm processors, given the whole conversation so far.
+
+    Yields:
+        One one-token ``Step`` per forward pass, forever; the caller stops it. At
+        each yield the cache holds (and has fed) every token yielded.
+    """
+    cache = as_prompt_cache(model, prompt_cache)
+    total = _begin(model, prompt, cache, prefill_step_size, prompt_progress_callback)
+    known = known_sampler(sampler)
+    greedy = known is not None and known.greedy
+    context = mx.array(cache.tokens) if logits_processors else None
+
+    def _step(y: mx.array) -> tuple:
+        rows = Rows.causal(1, cache[0].offset, model.streams)
+        h = model.run_layers(model.embed(y), rows, cache, 0, len(model.layers))
+        logits = model.logits(h[0])  # (1, V)
+        if logits_processors:
+            logits = apply_logits_processors(logits_processors, [context], logits)
+        logprobs = log_softmax(logits)
+        # Greedy takes the argmax of the logits, as tree verification does.
+        return (mx.argmax(logits, axis=-1) if greedy else sampler(logprobs)), logprobs
+
+    y, logprobs = _step(mx.array(cache.tokens[-1:]))
+    mx.async_eval(y)
+    first = True
+    while True:
+        if logits_processors:
+            context = mx.concatenate([context, y.astype(context.dtype)])
+        # Build the next step while this one computes (as mlx-lm does); it feeds y.
+        next_y, next_logprobs = _step(y)
+        mx.async_eval(next_y)
+        token = y.item()  # host sync
+        if first and prompt_progress_callback is not None:
+            prompt_progress_callback(total, total)
+        first = False
+        cache.tokens.append(token)
+        cache.pending = 0
+        yield Step([token], 1, 1, 0, logprobs)
+        y, logprobs = next_y, next_logprobs
 
 
 def generate_step(
     prompt: Sequence[int],
     model: Model,
-    sampling: SamplingArgs = SamplingArgs(),
+    sampling: Sampler = SamplingArgs(),
     prefill_step_size: int = 512,
     prompt_cache: Optional[list] = None,
 ) -> Iterator[int]:
-    """Plain autoregressive decoding with the same model and cache code (the oracle).
+    """``plain_generate_step``'s token ids alone: one per forward pass, forever."""
+    for step in plain_generate_step(
+        prompt, model, sampling, prefill_step_size, prompt_cache
+    ):
+        yield step.tokens[0]
 
-    Yields one token per forward pass, forever; the caller stops it.
-    """
-    cache = prompt_cache if prompt_cache is not None else make_cache(model)
-    prefill(model, prompt, cache, prefill_step_size)
 
-    def _step(y: mx.array) -> mx.array:
-        rows = Rows.causal(1, cache[0].offset, model.streams)
-        h = model.run_layers(model.embed(y), rows, cache, 0, len(model.layers))
-        return sample(model.logits(h[0]), sampling)
-
-    y = _step(mx.array(prompt[-1:]))
-    mx.async_eval(y)
-    while True:
-        # Build the next step while this one computes (as mlx-lm does).
-        next_y = _step(y)
-        mx.async_eval(next_y)
-        yield y.item()  # host sync
-        y = next_y
+def _node_histories(context: mx.array, tree: Tree) -> List[mx.array]:
+    """Each node's history: the context (ending with the root), then the node's
+    ancestors below the root and the node itself."""
+    out = []
+    for i in range(tree.size):
+        below = [tree.tokens[j] for j in tree.path(i)[1:]]
+        out.append(
+            mx.concatenate([context, mx.array(below, context.dtype)])
+            if below
+            else context
+        )
+    return out
 
 
 class _Verifier:
     """Turns main logits at the tree nodes into an accepted path and correction."""
 
-    def __init__(self, sampling: SamplingArgs):
+    def __init__(
+        self, sampling: SamplingArgs, processors: Optional[Sequence[LogitsProcessor]]
+    ):
+        if not sampling.tree_exact:
+            raise ValueError(
+                "XTC sampling cannot verify a draft tree: decode plainly "
+                "(speculative=False)"
+            )
         self.sampling = sampling
+        self.processors = processors
         # Host RNG for rejection sampling, seeded from MLX's so mx.random.seed works.
         self.rng = np.random.default_rng(
             int(mx.random.randint(0, 2**31 - 1, ()).item())
         )
 
-    def __call__(self, tree: Tree, logits: mx.array) -> tuple:
+    def __call__(self, tree: Tree, logits: mx.array, history: List[int]) -> tuple:
+        """``(path, correction, logprobs (len(path), V))`` for (T, V) node logits;
+        ``history`` is the conversation up to the root."""
+        if self.processors:
+            nodes = _node_histories(mx.array(history), tree)
+            logits = apply_logits_processors(self.processors, nodes, logits)
+        logprobs = log_softmax(logits)
         if self.sampling.greedy:
-            return accept_greedy(tree, np.array(mx.argmax(logits, axis=-1)))
-        probs = mx.exp(target_logprobs(logits, self.sampling))
-        return accept_sampled(tree, np.array(probs), self.rng)
+            path, correction = accept_greedy(tree, np.array(mx.argmax(logits, axis=-1)))
+        else:
+            probs = mx.exp(target_logprobs(logprobs, self.sampling))
+            path, correction = accept_sampled(tree, np.array(probs), self.rng)
+        return path, correction, logprobs[mx.array(path)]
 
 
 def _stream_topk(model: Model, h_streams: mx.array, k: int) -> StreamTopK:
@@ -150,37 +272,52 @@ def speculative_generate_step(
     options: DecodeOptions = DecodeOptions(),
     max_tokens: int = -1,
     prompt_cache: Optional[list] = None,
+    *,
+    logits_processors: Optional[Sequence[LogitsProcessor]] = None,
+    prompt_progress_callback: Optional[ProgressCallback] = None,
 ) -> Iterator[Step]:
     """Speculative Streaming decoding; yields one ``Step`` per forward pass.
 
     Args:
+        prompt: the new tokens (the cache's conversation comes before them).
+        sampling: greedy, or a sampler whose distribution the tree is verified
+            against (no XTC).
         max_tokens: stop after this many tokens (-1: never); trees are cut so that
             no pass drafts past it.
-        prompt_cache: per-layer caches to fill (default: new ones); after each
-            step they hold the prompt and every emitted token but the last.
+        prompt_cache: a ``PromptCache`` to continue and fill (default: a new one);
+            after each step it records every emitted token and has fed all but
+            the last (the next tree's root).
+        logits_processors: mlx-lm processors, applied at every tree node with that
+            node's own history (conversation, the node's ancestors, the node).
+        prompt_progress_callback: ``(processed, total)`` during prefill.
     """
-    cache = prompt_cache if prompt_cache is not None else make_cache(model)
-    verify = _Verifier(sampling)
-    history = list(prompt)
-    prefill(model, prompt, cache, options.prefill_step_size)
+    cache = as_prompt_cache(model, prompt_cache)
+    verify = _Verifier(sampling, logits_processors)
+    total = _begin(
+        model, prompt, cache, options.prefill_step_size, prompt_progress_callback
+    )
     heads = getattr(drafter, "candidates", None)  # drafters with their own heads
     streams_in_pass = (
         options.stream_pass == "tree" and drafter.top_k > 0 and heads is None
     )
 
     # The last prompt token is a one-node tree whose streams draft the first tree.
-    tree = Tree((prompt[-1],), (-1,))
+    tree = Tree((cache.tokens[-1],), (-1,))
     emitted = 0
     while max_tokens < 0 or emitted < max_tokens:
         offset = cache[0].offset
         p = _forward_tree(model, cache, tree, options.prune_threshold, streams_in_pass)
         T = p.tree.size
-        path, correction = verify(p.tree, model.logits(p.h_top[0, :T]))  # host sync
+        path, correction, logprobs = verify(
+            p.tree, model.logits(p.h_top[0, :T]), cache.tokens
+        )  # host sync
         # Keep the accepted path's K/V: tree rows below layer l, verified rows above.
         for i, c in enumerate(cache):
             c.compact(offset, [p.kept[n] for n in path] if i < model.split else path)
         tokens = [p.tree.tokens[n] for n in path[1:]] + [correction]
-        history.extend(tokens)
+        cache.tokens.extend(tokens)  # the correction stays pending: the next root
+        if emitted == 0 and prompt_progress_callback is not None:
+            prompt_progress_callback(total, total)
         anchor = path[-1]
         if heads is not None:  # e.g. Medusa: heads on the accepted node's final state
             streams = heads(model.model.norm(p.h_top[0, anchor]))
@@ -197,8 +334,8 @@ def speculative_generate_step(
         else:
             streams = None
         emitted += len(tokens)
-        yield Step(tokens, tree.size, T, len(tokens) - 1)
-        tree = drafter.draft(correction, streams, history)
+        yield Step(tokens, tree.size, T, len(tokens) - 1, logprobs)
+        tree = drafter.draft(correction, streams, cache.tokens)
         if max_tokens >= 0:
             tree = tree.within(max_tokens - emitted)
 

@@ -1,12 +1,17 @@
 # Copyright © 2026 mlx-specstream authors. Apache-2.0.
-"""Public generation API: ``stream_generate`` and ``generate``, in the mlx-lm idiom."""
+"""Public generation API: ``stream_generate`` and ``generate``, a drop-in for mlx-lm's.
+
+Code written for ``mlx_lm.stream_generate`` runs unchanged: one response per token
+with mlx-lm's fields, ``sampler`` / ``logits_processors`` / ``prompt_cache`` with
+mlx-lm's meaning, and the same output distribution (token for token when greedy).
+"""
 
 import argparse
 import resource
 import sys
 import time
 from dataclasses import dataclass, replace
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Any, Iterator, List, Optional, Sequence, Union
 
 import mlx.core as mx
 from mlx_lm.tokenizer_utils import TokenizerWrapper
@@ -15,54 +20,102 @@ from .blas import active_blas, ensure_openblas
 from .cli_args import add_decoding_args, load_from_args
 from .decoder import (
     DecodeOptions,
+    ProgressCallback,
     Step,
-    generate_step,
+    plain_generate_step,
     speculative_generate_step,
 )
 from .defaults import DEFAULT_STREAM_PASS, choose_speculation
 from .drafters import Drafter
+from .models.cache import PromptCache, as_prompt_cache
 from .models.llama import Model
 from .prompts import apply_chat_template, encode_prompt
-from .sample_utils import SamplingArgs
+from .sample_utils import LogitsProcessor, Sampler, SamplingArgs, known_sampler
 from .tree import TreeShape
 
 
 @dataclass
 class GenerationResponse:
-    """One forward pass worth of output.
+    """One generated token, with mlx-lm's fields first.
 
     Args:
-        text: the new text of this response.
-        tokens: the new token ids (accepted drafts and the correction token).
-        generation_tokens: tokens generated so far.
-        forward_calls: decode forward passes so far (prefill's last position counts).
-        accepted: draft tokens accepted in this pass.
-        tree_size: draft tree nodes verified in this pass.
-        finish_reason: "stop" (EOS), "length" (max_tokens) or None.
+        text: the next segment of decoded text (may be empty).
+        token: the token.
+        logprobs: (V,) float32 log-probabilities of the token's step: the
+            log-softmax of the (processed) logits, before sampling filters and
+            temperature, as mlx-lm gives them.
+        from_draft: True for an accepted draft token, False for a pass's correction
+            token (every token of plain decoding).
+        prompt_tokens: tokens of the prompt given to this call.
+        prompt_tps: prompt tokens per second (until the first token).
+        generation_tokens: tokens generated so far (an ending EOS counts, as in
+            mlx-lm).
+        generation_tps: generation tokens per second since the first token.
+        peak_memory: peak memory so far, GB.
+        finish_reason: "stop" (the token is an EOS), "length" (max_tokens reached)
+            or None.
+        forward_calls: decoding forward passes so far (prefill's last position
+            counts).
+        accepted: draft tokens accepted in this token's pass.
+        tree_size: draft tree nodes verified in this token's pass.
     """
 
     text: str
-    tokens: List[int]
+    token: int
+    logprobs: mx.array
+    from_draft: bool
     prompt_tokens: int
     prompt_tps: float
     generation_tokens: int
     generation_tps: float
-    forward_calls: int
-    accepted: int
-    tree_size: int
-    peak_memory: float  # GB
+    peak_memory: float
     finish_reason: Optional[str] = None
+    forward_calls: int = 0
+    accepted: int = 0
+    tree_size: int = 1
+
+    @property
+    def tokens(self) -> List[int]:
+        """The tokens this response adds to the output: ``[token]``, or ``[]`` for
+        the EOS that ends it (the per-pass responses' field, kept for callers)."""
+        return [] if self.finish_reason == "stop" else [self.token]
 
     @property
     def tokens_per_pass(self) -> float:
         return self.generation_tokens / max(1, self.forward_calls)
 
 
-def _check_inputs(model: Model, prompt: List[int], max_tokens: int) -> None:
+# mlx-lm keyword arguments that change nothing here are accepted and ignored;
+# those that would change the output are refused unless left unset.
+_IGNORED_KWARGS = ("stream", "kv_group_size", "quantized_kv_start", "num_draft_tokens")
+_REFUSED_KWARGS = {
+    "draft_model": "the speculative streams are the draft; there is no draft model",
+    "max_kv_size": "draft trees need an unbounded KV cache (no rotating cache)",
+    "kv_bits": "KV cache quantization is not supported",
+    "input_embeddings": "give token ids",
+}
+
+
+def _check_mlx_lm_kwargs(kwargs: dict) -> None:
+    for name, value in kwargs.items():
+        if name in _IGNORED_KWARGS:
+            continue
+        if name not in _REFUSED_KWARGS:
+            raise TypeError(
+                f"stream_generate() got an unexpected keyword argument {name!r}"
+            )
+        if value is not None:
+            raise ValueError(f"{name} is not supported: {_REFUSED_KWARGS[name]}")
+
+
+def _check_inputs(
+    model: Model, prompt: List[int], max_tokens: int, cached: int = 0
+) -> int:
+    """Validate the request; returns the token limit (-1: none)."""
     if not prompt:
         raise ValueError("prompt is empty: give at least one token")
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if max_tokens == 0 or max_tokens < -1:
+        raise ValueError(f"max_tokens must be >= 1 (or -1: no limit), got {max_tokens}")
     vocab = model.args.vocab_size
     bad = [t for t in prompt if not 0 <= t < vocab]
     if bad:
@@ -70,11 +123,40 @@ def _check_inputs(model: Model, prompt: List[int], max_tokens: int) -> None:
             f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})"
         )
     context = model.args.max_position_embeddings
-    if context and len(prompt) + max_tokens > context:
+    used = cached + len(prompt)
+    if max_tokens < 0 and not context:
+        return -1
+    if max_tokens < 0 and used < context:
+        return context - used  # "no limit": until the context is full
+    if context and used + max(max_tokens, 1) > context:
+        where = f" after {cached} cached tokens" if cached else ""
         raise ValueError(
-            f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceeds the "
-            f"model's context length ({context}); shorten the prompt or lower max_tokens"
+            f"prompt ({len(prompt)} tokens{where}) + max_tokens ({max_tokens}) exceeds "
+            f"the model's context length ({context}); shorten the prompt or lower "
+            "max_tokens"
         )
+    return max_tokens
+
+
+def _sampling(
+    sampler: Optional[Sampler],
+    temp: float,
+    top_p: float,
+    min_p: float,
+    top_k: int,
+    min_tokens_to_keep: int,
+) -> Sampler:
+    """``sampler``, or the one the loose settings make (validated either way)."""
+    loose = SamplingArgs(temp, top_p, min_p, min_tokens_to_keep, top_k)
+    if sampler is None:
+        return loose
+    unset = (temp, min_p, top_k, min_tokens_to_keep) == (0.0, 0.0, 0, 1)
+    if not (unset and top_p in (0.0, 1.0)):
+        raise ValueError(
+            "give either sampler or temp/top_p/min_p/top_k/min_tokens_to_keep, "
+            "not both"
+        )
+    return sampler
 
 
 def peak_memory_gb() -> float:
@@ -88,45 +170,93 @@ def peak_memory_gb() -> float:
 def stream_generate(
     model: Model,
     tokenizer: TokenizerWrapper,
-    prompt: Union[str, Sequence[int]],
+    prompt: Union[str, mx.array, Sequence[int]],
     max_tokens: int = 256,
+    *,
+    sampler: Optional[Sampler] = None,
+    logits_processors: Optional[List[LogitsProcessor]] = None,
+    prompt_cache: Optional[List[Any]] = None,
+    prefill_step_size: int = 512,
+    prompt_progress_callback: Optional[ProgressCallback] = None,
     temp: float = 0.0,
-    top_p: float = 1.0,
+    top_p: float = 0.0,
+    min_p: float = 0.0,
     top_k: int = 0,
+    min_tokens_to_keep: int = 1,
     speculative: bool = True,
     tree: Optional[TreeShape] = None,
     prune_threshold: Optional[float] = None,
     stream_pass: Optional[str] = None,
     drafter: Optional[Drafter] = None,
     prompt_lookup: Optional[bool] = None,
-    prefill_step_size: int = 512,
+    **kwargs,
 ) -> Iterator[GenerationResponse]:
-    """Generate text, yielding one response per forward pass.
+    """Generate text, yielding one response per token, as ``mlx_lm.stream_generate``.
+
+    Speculative Streaming is lossless: greedy output equals plain greedy decoding
+    token for token, and sampled output has plain sampling's distribution.
 
     Args:
         model, tokenizer: from ``load``.
-        prompt: a string or a list of token ids.
-        max_tokens: the exact maximum number of generated tokens.
-        temp, top_p, top_k: sampling; ``temp=0`` is greedy.
+        prompt: a string, a list of token ids or an ``mx.array`` of them. With a
+            ``prompt_cache``, only the new part of the conversation.
+        max_tokens: the exact maximum number of generated tokens; -1: until EOS or
+            the model's context is full.
+        sampler: from ``mlx_specstream.sample_utils.make_sampler`` (trees are
+            verified against exactly its distribution), or any mlx-lm sampler
+            (``mlx_lm.sample_utils.make_sampler``'s closure, XTC): such an opaque
+            callable is run as it is, on plain decoding, so output equals mlx-lm's.
+            mlx-lm's greedy sampler is recognised and speculates. Default: from
+            ``temp`` etc.
+        logits_processors: mlx-lm processors ``(tokens, logits (1, V)) -> logits``
+            (``make_logits_processors``). They run at every tree node with that
+            node's own history, so output equals plain decoding with them. They see
+            the whole conversation the ``prompt_cache`` holds, not only this call's
+            prompt as in mlx-lm (so a reused cache decodes as from scratch).
+        prompt_cache: from ``make_prompt_cache(model)`` (or mlx-lm's, which returns
+            ours): it holds the conversation so far, is continued, and afterwards
+            holds it all, generated tokens included (the EOS too, as mlx-lm's).
+            Output equals decoding the whole conversation from scratch.
+        prefill_step_size: prompt tokens per prefill chunk.
+        prompt_progress_callback: ``(processed, total)`` while the prompt is
+            processed (total: the new prompt, plus the token the previous call on
+            this cache left unfed).
+        temp, top_p, min_p, top_k, min_tokens_to_keep: sampling as
+            ``make_sampler``'s, when no ``sampler`` is given (``temp=0``: greedy;
+            ``top_p`` 0 or 1: off).
         speculative: Speculative Streaming (True) or plain autoregressive decoding.
-        tree: draft tree shape (default: the budget calibrated for this device when
-            ``mlx-specstream calibrate`` has run, else best-first with 16 nodes).
+        tree: draft tree shape. Default: the calibrated tree when
+            ``mlx-specstream calibrate`` has run on this device, else plain decoding
+            (see ``defaults.py``).
         prune_threshold: early-exit pruning threshold (default: the model's setting).
         stream_pass: "tree" (streams for every node, one pass) or "accepted" (the
             accepted node's streams alone, after the pass). Default: calibrated,
-            else "tree".
+            else "accepted".
         drafter: replaces the stream drafter (prompt lookup, tests' oracles).
-        prompt_lookup: put an n-gram chain copied from the prompt/output in each
+        prompt_lookup: put an n-gram chain copied from the conversation in each
             tree, within its budget. Default: calibrated, else False.
+        kwargs: other ``mlx_lm.stream_generate`` arguments. ``stream``,
+            ``kv_group_size``, ``quantized_kv_start`` and ``num_draft_tokens`` are
+            ignored (they change nothing here); ``draft_model``, ``max_kv_size``,
+            ``kv_bits`` and ``input_embeddings`` raise ``ValueError`` unless None;
+            anything else raises ``TypeError``.
 
     Yields:
-        ``GenerationResponse``.
+        ``GenerationResponse``, one per token; the last has ``finish_reason``
+        "stop" (its token is the EOS, its text the detokenizer's remainder) or
+        "length".
     """
+    _check_mlx_lm_kwargs(kwargs)
     if not isinstance(tokenizer, TokenizerWrapper):
         tokenizer = TokenizerWrapper(tokenizer)
+    if isinstance(prompt, mx.array):
+        prompt = prompt.tolist()
     ids = encode_prompt(tokenizer, prompt)
-    _check_inputs(model, ids, max_tokens)
-    sampling = SamplingArgs(temp, top_p, top_k)
+    cache = as_prompt_cache(model, prompt_cache)
+    cache.sync()
+    limit = _check_inputs(model, ids, max_tokens, len(cache.tokens))
+    sampler = _sampling(sampler, temp, top_p, min_p, top_k, min_tokens_to_keep)
+    known = known_sampler(sampler)
     spec = None
     if speculative:
         if prune_threshold is None:
@@ -135,18 +265,35 @@ def stream_generate(
         options = DecodeOptions(
             prune_threshold, stream_pass or DEFAULT_STREAM_PASS, prefill_step_size
         )
-        spec = choose_speculation(model, tree, drafter, stream_pass, prompt_lookup)
+        if known is not None and known.tree_exact:  # else plain, with that sampler
+            spec = choose_speculation(model, tree, drafter, stream_pass, prompt_lookup)
+    common = dict(
+        prompt_cache=cache,
+        logits_processors=logits_processors,
+        prompt_progress_callback=prompt_progress_callback,
+    )
     if spec is not None:
         options = replace(options, stream_pass=spec.stream_pass)
         steps = speculative_generate_step(
-            ids, model, spec.drafter, sampling, options, max_tokens
+            ids, model, spec.drafter, known, options, limit, **common
         )
     else:
-        steps = (
-            Step([t], 1, 1, 0)
-            for t in generate_step(ids, model, sampling, prefill_step_size)
-        )
+        steps = plain_generate_step(ids, model, sampler, prefill_step_size, **common)
+    yield from _responses(steps, tokenizer, cache, len(ids), limit)
 
+
+def _responses(
+    steps: Iterator[Step],
+    tokenizer: TokenizerWrapper,
+    cache: PromptCache,
+    prompt_tokens: int,
+    limit: int,
+) -> Iterator[GenerationResponse]:
+    """Per-token responses from per-pass steps; stops at EOS or ``limit`` tokens.
+
+    The cache ends up holding exactly the tokens yielded: a pass's tokens after an
+    EOS, or after the token where the caller stopped iterating, are trimmed off.
+    """
     detokenizer = tokenizer.detokenizer
     detokenizer.reset()
     eos = set(tokenizer.eos_token_ids)
@@ -156,58 +303,81 @@ def stream_generate(
         calls += 1
         if calls == 1:
             t_first = time.perf_counter()
-            prompt_tps = len(ids) / (t_first - tic)
-        tokens, finish = [], None
-        for t in step.tokens:
-            if t in eos:
+            prompt_tps = prompt_tokens / (t_first - tic)
+        for k, token in enumerate(step.tokens):
+            n += 1
+            finish = None
+            if token in eos:
                 finish = "stop"
-                break
-            tokens.append(t)
-            detokenizer.add_token(t)
-            if n + len(tokens) == max_tokens:
-                finish = "length"
-                break
-        n += len(tokens)
-        if finish:
-            detokenizer.finalize()
-        elapsed = time.perf_counter() - t_first
-        yield GenerationResponse(
-            text=detokenizer.last_segment,
-            tokens=tokens,
-            prompt_tokens=len(ids),
-            prompt_tps=prompt_tps,
-            generation_tokens=n,
-            generation_tps=(n - 1) / elapsed if n > 1 and elapsed > 0 else 0.0,
-            forward_calls=calls,
-            accepted=step.accepted,
-            tree_size=step.verified,
-            peak_memory=peak_memory_gb(),
-            finish_reason=finish,
-        )
-        if finish:
-            return
+            else:
+                detokenizer.add_token(token)
+                if n == limit:
+                    finish = "length"
+            unseen = len(step.tokens) - k - 1
+            if finish:
+                detokenizer.finalize()
+                cache.trim(unseen)
+            held = len(cache.tokens)
+            elapsed = time.perf_counter() - t_first
+            try:
+                yield GenerationResponse(
+                    text=detokenizer.last_segment,
+                    token=token,
+                    logprobs=step.logprobs[k],
+                    from_draft=k < step.accepted,
+                    prompt_tokens=prompt_tokens,
+                    prompt_tps=prompt_tps,
+                    generation_tokens=n,
+                    generation_tps=n / elapsed if elapsed > 0 else 0.0,
+                    peak_memory=peak_memory_gb(),
+                    finish_reason=finish,
+                    forward_calls=calls,
+                    accepted=step.accepted,
+                    tree_size=step.verified,
+                )
+            except GeneratorExit:  # the caller stopped here: forget the rest
+                if not finish and len(cache.tokens) == held:  # not reused since
+                    cache.trim(unseen)
+                raise
+            if finish:
+                return
 
 
 def generate(
     model: Model,
     tokenizer: TokenizerWrapper,
-    prompt: Union[str, Sequence[int]],
+    prompt: Union[str, mx.array, Sequence[int]],
     verbose: bool = False,
     **kwargs,
 ) -> str:
-    """Generate a complete response; keyword arguments as ``stream_generate``."""
+    """Generate a complete response, as ``mlx_lm.generate``.
+
+    Args:
+        verbose: print the text as it comes, then timings (as mlx-lm does, plus
+            tokens per forward pass).
+        kwargs: as ``stream_generate``.
+
+    Returns:
+        The generated text.
+    """
+    if verbose:
+        print("=" * 10)
     text, last = "", None
     for last in stream_generate(model, tokenizer, prompt, **kwargs):
         text += last.text
         if verbose:
             print(last.text, end="", flush=True)
-    if verbose and last is not None:
+    if verbose:
         print()
-        print_stats(last)
+        if not text:
+            print("No text generated for this prompt")
+        if last is not None:
+            print_stats(last)
     return text
 
 
 def print_stats(r: GenerationResponse) -> None:
+    """mlx-lm's closing statistics, plus tokens per forward pass."""
     print("=" * 10)
     print(f"Prompt: {r.prompt_tokens} tokens, {r.prompt_tps:.3f} tokens-per-sec")
     print(
@@ -243,7 +413,6 @@ def main(argv: Optional[List[str]] = None) -> None:
             streams = "with" if model.has_streams else "no"
             print(f"BLAS: {active_blas()}")
             print(f"Model: {args.model} ({streams} trained streams)")
-            print("=" * 10)
         generate(model, tokenizer, prompt, verbose=True, **kwargs)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -43,9 +43,9 @@ def test_accept_sampled_first_token_is_distributed_as_p():
 
 def test_target_logprobs_applies_top_k_and_top_p():
     logits = mx.array([[3.0, 2.0, 1.0, 0.0]])
-    p = np.exp(np.array(target_logprobs(logits, SamplingArgs(1.0, 1.0, 2))))[0]
+    p = np.exp(np.array(target_logprobs(logits, SamplingArgs(temp=1.0, top_k=2))))[0]
     assert p[2] == 0 and p[3] == 0 and abs(p.sum() - 1) < 1e-5
-    p = np.exp(np.array(target_logprobs(logits, SamplingArgs(1.0, 0.5, 0))))[0]
+    p = np.exp(np.array(target_logprobs(logits, SamplingArgs(temp=1.0, top_p=0.5))))[0]
     assert p[0] == pytest.approx(1.0, abs=1e-5)
 
 
@@ -76,7 +76,7 @@ def test_sampled_speculative_matches_plain_distribution():
         num_hidden_layers=2,
         intermediate_size=64,
     )
-    prompt, args = [3, 5, 7], SamplingArgs(temp)
+    prompt, args = [3, 5, 7], SamplingArgs(temp=temp)
 
     def probs(ids):
         return np.exp(np.array(target_logprobs(model(mx.array([ids]))[0, -1:], args)))[

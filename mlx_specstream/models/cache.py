@@ -1,7 +1,7 @@
 # Copyright © 2026 mlx-specstream authors. Apache-2.0.
-"""KV cache with tree compaction, on top of mlx-lm's ``KVCache``."""
+"""KV cache with tree compaction, and mlx-lm's prompt cache that records its tokens."""
 
-from typing import Any, List, Sequence
+from typing import Any, Iterable, List, Optional, Sequence
 
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
@@ -35,6 +35,101 @@ class TreeKVCache(KVCache):
         self.offset = start + n
 
 
-def make_cache(model: Any) -> List[TreeKVCache]:
-    """One cache per layer, owned by the caller."""
-    return [TreeKVCache() for _ in model.layers]
+class PromptCache(list):
+    """mlx-lm's prompt cache (one cache per layer) that also records its tokens.
+
+    ``tokens`` is the whole conversation the cache holds; the K/V of all but its
+    last ``pending`` tokens are in the layer caches. The decoder leaves the newest
+    token unfed (it is the next pass's tree root), so after ``stream_generate`` one
+    token is usually pending; the next call feeds it before the new prompt. To
+    mlx-lm code the cache holds ``len(tokens)`` tokens.
+
+    The record also gives prompt lookup and logits processors the conversation's
+    earlier turns. Layer caches trimmed behind its back (mlx-lm's
+    ``trim_prompt_cache(cache, n)`` trims every layer by ``n``) are reconciled by
+    ``sync``: the conversation loses its last ``n`` tokens, as mlx-lm means.
+    """
+
+    def __init__(self, layers: Iterable[TreeKVCache] = ()):
+        super().__init__(layers)
+        self.tokens: List[int] = []
+        self.pending = 0
+
+    @property
+    def fed(self) -> int:
+        """Tokens whose K/V are in the layer caches."""
+        return len(self.tokens) - self.pending
+
+    def sync(self) -> None:
+        """Make the record and the layer caches agree.
+
+        Layers trimmed by ``n`` (down to offset ``o``) drop the conversation's last
+        ``n`` tokens: ``tokens[:o + pending]`` stay, the last ``pending`` of them
+        still unfed. K/V rows past the record (a pass stopped midway, e.g. by
+        Ctrl-C) are dropped.
+        """
+        if not self:
+            return
+        offset = min(c.offset for c in self)
+        if offset < self.fed:
+            del self.tokens[offset + self.pending :]
+        for c in self:
+            if c.offset > self.fed:
+                c.trim(c.offset - self.fed)
+
+    def trim(self, n: int) -> int:
+        """Drop the conversation's last ``n`` tokens; returns how many were dropped."""
+        self.sync()
+        n = max(0, min(n, len(self.tokens)))
+        keep, fed = len(self.tokens) - n, self.fed
+        if keep < fed:
+            for c in self:
+                c.trim(fed - keep)
+            self.pending = 0
+        else:
+            self.pending -= n
+        del self.tokens[keep:]
+        return n
+
+
+def make_prompt_cache(model: Any, max_kv_size: Optional[int] = None) -> PromptCache:
+    """A cache for ``stream_generate(..., prompt_cache=...)``, as in mlx-lm.
+
+    Args:
+        model: the model (one cache per layer).
+        max_kv_size: must be None: draft trees are written past the cache end and
+            compacted, which a rotating cache cannot do.
+    """
+    if max_kv_size is not None:
+        raise ValueError(
+            "max_kv_size is not supported: draft trees need an unbounded KV cache"
+        )
+    return PromptCache(TreeKVCache() for _ in model.layers)
+
+
+make_cache = make_prompt_cache  # the earlier name
+
+
+def as_prompt_cache(model: Any, cache: Optional[List[Any]]) -> PromptCache:
+    """``cache`` as a ``PromptCache`` (a new one for None).
+
+    A plain list of empty ``TreeKVCache`` is wrapped (its layers are shared); one
+    that holds tokens cannot be, since what it holds is not recorded.
+    """
+    if cache is None:
+        return make_prompt_cache(model)
+    if len(cache) != len(model.layers) or not all(
+        isinstance(c, TreeKVCache) for c in cache
+    ):
+        raise ValueError(
+            "prompt_cache must come from make_prompt_cache(model) "
+            "(one TreeKVCache per layer)"
+        )
+    if isinstance(cache, PromptCache):
+        return cache
+    if any(c.offset for c in cache):
+        raise ValueError(
+            "prompt_cache holds tokens it has no record of: make it with "
+            "make_prompt_cache(model)"
+        )
+    return PromptCache(cache)

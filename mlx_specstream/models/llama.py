@@ -16,7 +16,7 @@ from mlx_lm.models.rope_utils import initialize_rope
 
 from ..format import StreamArgs
 from . import fast_ops
-from .cache import make_cache
+from .cache import PromptCache, make_prompt_cache
 from .msa import Rows
 from .rope import apply_rope
 from .streams import StreamParams
@@ -208,9 +208,13 @@ class Model(nn.Module):
             h_split = h_split + self.streams.prune(h_split)
         return self.logits(h_split)
 
+    def make_cache(self) -> PromptCache:
+        """The cache ``mlx_lm.models.cache.make_prompt_cache(model)`` returns."""
+        return make_prompt_cache(self)
+
     def __call__(self, inputs: mx.array, cache: Optional[List[Any]] = None) -> mx.array:
         """Plain causal forward, mlx-lm style: (1, L) tokens -> (1, L, V) logits."""
-        cache = cache if cache is not None else make_cache(self)
+        cache = cache if cache is not None else make_prompt_cache(self)
         L = inputs.shape[-1]
         rows = Rows.causal(L, cache[0].offset, self.streams)
         h = self.run_layers(self.embed(inputs), rows, cache, 0, len(self.layers))
@@ -222,7 +226,7 @@ class Model(nn.Module):
         Returns:
             ``(main (T, V), streams (T, γ, V))`` in float32.
         """
-        cache = make_cache(self)
+        cache = make_prompt_cache(self)
         T = tokens.size
         rows = Rows.causal(T, 0, self.streams)
         h = self.run_layers(self.embed(tokens), rows, cache, 0, self.split)
@@ -237,7 +241,9 @@ class Model(nn.Module):
     def early_exit_logits(self, tokens: mx.array) -> mx.array:
         """Early-exit (pruning head) logits at every position, (T, V) float32."""
         rows = Rows.causal(tokens.size, 0, self.streams)
-        h = self.run_layers(self.embed(tokens), rows, make_cache(self), 0, self.split)
+        h = self.run_layers(
+            self.embed(tokens), rows, make_prompt_cache(self), 0, self.split
+        )
         return self.early_exit(h[0]).astype(mx.float32)
 
     def sanitize(self, weights: Dict[str, mx.array]) -> Dict[str, mx.array]:
