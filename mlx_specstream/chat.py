@@ -11,6 +11,7 @@ from typing import List, Optional
 
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
+from .blas import ensure_openblas
 from .cli_args import add_decoding_args, load_from_args
 from .generate import stream_generate
 from .models.cache import make_prompt_cache
@@ -86,3 +87,8 @@ def main(argv=None) -> None:
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     chat_loop(model, tokenizer, kwargs, args.system_prompt, stats=args.verbose)
+
+
+if __name__ == "__main__":
+    ensure_openblas()
+    main()
