@@ -32,6 +32,7 @@ COMMANDS = {
         "mlx_specstream.calibrate",
         "measure this device and pick the tree budget",
     ),
+    "server": ("mlx_specstream.server", "OpenAI-compatible HTTP server with a chat page"),
 }
 
 
@@ -68,3 +69,7 @@ def convert() -> None:
 
 def calibrate() -> None:
     main(["calibrate", *sys.argv[1:]])
+
+
+def server() -> None:
+    main(["server", *sys.argv[1:]])
