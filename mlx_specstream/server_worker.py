@@ -19,7 +19,7 @@ from .generate import stream_generate
 from .models.cache import make_prompt_cache
 from .prompt_store import PromptStore, StopMatcher
 from .sample_utils import make_logits_processors
-from .server_requests import GenRequest
+from .server_requests import APIError, GenRequest
 
 # Request fields that a request may set; the rest of the decoding settings
 # (speculation, tree, stream pass, prompt lookup) are the server's.
@@ -102,10 +102,13 @@ class Worker:
         job.finished.set()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """End the thread; waiting jobs are told the server is going away."""
         with self._cv:
             self._stop = True
             for job in self._jobs:
                 job.cancelled.set()
+                job.emit("error", APIError(503, "the server is shutting down"))
+                job.finished.set()
             self._jobs.clear()
             if self.current is not None:
                 self.current.cancelled.set()
