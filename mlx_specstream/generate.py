@@ -10,7 +10,7 @@ import argparse
 import resource
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Iterator, List, Optional, Sequence, Union
 
 import mlx.core as mx
@@ -261,19 +261,20 @@ def stream_generate(
     if speculative:
         if prune_threshold is None:
             prune_threshold = model.streams.args.prune_threshold
-        # Checked even where plain decoding is chosen: bad settings fail alike.
-        options = DecodeOptions(
-            prune_threshold, stream_pass or DEFAULT_STREAM_PASS, prefill_step_size
-        )
         if known is not None and known.tree_exact:  # else plain, with that sampler
             spec = choose_speculation(model, tree, drafter, stream_pass, prompt_lookup)
+        # Checked even where plain decoding is chosen: bad settings fail alike.
+        options = DecodeOptions(
+            prune_threshold,
+            spec.stream_pass if spec else stream_pass or DEFAULT_STREAM_PASS,
+            prefill_step_size,
+        )
     common = dict(
         prompt_cache=cache,
         logits_processors=logits_processors,
         prompt_progress_callback=prompt_progress_callback,
     )
     if spec is not None:
-        options = replace(options, stream_pass=spec.stream_pass)
         steps = speculative_generate_step(
             ids, model, spec.drafter, known, options, limit, **common
         )

@@ -17,16 +17,10 @@ import threading
 from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
+from mlx_lm.utils import common_prefix_len
 
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token sequences."""
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.nonzero(np.asarray(a[:n]) != np.asarray(b[:n]))[0]
-    return int(diff[0]) if diff.size else n
+# Length of the longest common prefix of two token sequences (mlx-lm's).
+common_prefix = common_prefix_len
 
 
 def cache_nbytes(cache: list) -> int:
