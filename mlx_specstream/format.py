@@ -33,6 +33,7 @@ SUPPORTED_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
 }
 SETTINGS_FILE = "speculative_streaming.json"
 STREAMS_FILE = "streams.safetensors"

@@ -44,6 +44,8 @@ LLAMA_DEFAULTS = dict(
 )
 
 QWEN2_DEFAULTS = dict(LLAMA_DEFAULTS, tie_word_embeddings=True, num_key_value_heads=2)
+# Qwen3: per-head q/k RMSNorm, no q/k/v bias, head_dim not hidden/heads.
+QWEN3_DEFAULTS = dict(QWEN2_DEFAULTS, head_dim=24, attention_bias=False)
 
 
 def save_tiny_tokenizer(path: Path, vocab_size: int) -> None:
@@ -201,3 +203,15 @@ def write_random_streams(
     stream_args.save(model_dir)
     save_file(tensors, str(model_dir / STREAMS_FILE))
     return tensors
+
+
+def tiny_hf_qwen3(
+    tmp_path: Path, seed: int = 0, name: str = "qwen3", **overrides
+) -> Path:
+    """Save a random tiny ``Qwen3ForCausalLM`` (q/k norms, tied) and tokenizer."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    params = dict(QWEN3_DEFAULTS, **overrides)
+    return _save_model(
+        Qwen3ForCausalLM, Qwen3Config, Path(tmp_path) / name, params, seed
+    )

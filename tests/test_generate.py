@@ -35,6 +35,7 @@ SHAPES = [
     dict(tie_word_embeddings=True, num_key_value_heads=4),
     dict(model_type="qwen2", num_key_value_heads=1),
     dict(model_type="mistral", num_hidden_layers=3, head_dim=24),
+    dict(model_type="qwen3", head_dim=24, tie_word_embeddings=True),
     dict(
         rope_scaling={
             "rope_type": "llama3",

@@ -9,6 +9,7 @@ pytest.importorskip("transformers")
 from helpers_torch import (  # noqa: E402
     tiny_hf_llama,
     tiny_hf_qwen2,
+    tiny_hf_qwen3,
     write_random_streams,
 )
 
@@ -29,9 +30,12 @@ ARGS = StreamArgs(
 )
 
 
-@pytest.fixture(params=["llama", "qwen2"])
+FAMILIES = {"llama": tiny_hf_llama, "qwen2": tiny_hf_qwen2, "qwen3": tiny_hf_qwen3}
+
+
+@pytest.fixture(params=list(FAMILIES))
 def ref(request, tmp_path):
-    make = tiny_hf_llama if request.param == "llama" else tiny_hf_qwen2
+    make = FAMILIES[request.param]
     path = make(tmp_path)
     write_random_streams(path, ARGS, scale=0.2)
     return StreamingReference.from_pretrained(path).eval()
@@ -136,16 +140,11 @@ def _brute_force_streams(ref: StreamingReference, ids: torch.Tensor) -> torch.Te
             return mod(inp) + extra * (~is_main)[:, None]
 
         hn = layer.input_layernorm(x)
-        q = (
-            lin(att.q_proj, hn, "self_attn.q_proj")
-            .view(len(x), -1, att.head_dim)
-            .transpose(0, 1)
-        )
-        k = (
-            lin(att.k_proj, hn, "self_attn.k_proj")
-            .view(len(x), -1, att.head_dim)
-            .transpose(0, 1)
-        )
+        q = lin(att.q_proj, hn, "self_attn.q_proj").view(len(x), -1, att.head_dim)
+        k = lin(att.k_proj, hn, "self_attn.k_proj").view(len(x), -1, att.head_dim)
+        if hasattr(att, "q_norm"):  # Qwen3: per-head RMSNorm before RoPE
+            q, k = att.q_norm(q), att.k_norm(k)
+        q, k = q.transpose(0, 1), k.transpose(0, 1)
         v = (
             lin(att.v_proj, hn, "self_attn.v_proj")
             .view(len(x), -1, att.head_dim)

@@ -51,6 +51,13 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + _rotate_half(x) * sin
 
 
+def _qk_norm(attn: nn.Module, q: torch.Tensor, k: torch.Tensor) -> tuple:
+    """Qwen3's per-head RMSNorm of queries and keys (last dim: head_dim), if any."""
+    if hasattr(attn, "q_norm"):
+        return attn.q_norm(q), attn.k_norm(k)
+    return q, k
+
+
 def _linear(
     mod: nn.Module, x: torch.Tensor, adapter: Optional[LowRank]
 ) -> torch.Tensor:
@@ -269,8 +276,10 @@ class StreamingReference(nn.Module):
         """One decoder layer on main rows; also returns its post-RoPE K/V (B, Hkv, T, d)."""
         attn, (b, t, _) = layer.self_attn, h.shape
         x = layer.input_layernorm(h)
-        q = attn.q_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
+        q = attn.q_proj(x).view(b, t, -1, attn.head_dim)
+        k = attn.k_proj(x).view(b, t, -1, attn.head_dim)
+        q, k = _qk_norm(attn, q, k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = attn.v_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
@@ -301,6 +310,7 @@ class StreamingReference(nn.Module):
         x = layer.input_layernorm(s)
         q = _linear(attn.q_proj, x, ad("self_attn.q_proj")).view(b, a, g, hkv, -1, d)
         k = _linear(attn.k_proj, x, ad("self_attn.k_proj")).view(b, a, g, hkv, d)
+        q, k = _qk_norm(attn, q, k)
         v = _linear(attn.v_proj, x, ad("self_attn.v_proj")).view(b, a, g, hkv, d)
         cos, sin = cos[:, :, None, None, :], sin[:, :, None, None, :]
         q, k = _rope(q, cos.unsqueeze(-2), sin.unsqueeze(-2)), _rope(k, cos, sin)

@@ -1,5 +1,5 @@
 # Copyright © 2026 mlx-specstream authors. Apache-2.0.
-"""Llama-family model (Llama 2/3, SmolLM2, Mistral, Qwen2) with speculative streams.
+"""Llama-family model (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3) with streams.
 
 Unlike mlx-lm's model files, every call takes explicit per-row positions and an explicit
 boolean attention mask, so the same code runs plain decoding, a flattened draft tree,
@@ -47,6 +47,11 @@ class ModelArgs(BaseModelArgs):
             self.head_dim = self.hidden_size // self.num_attention_heads
 
     @property
+    def qk_norm(self) -> bool:
+        # Qwen3 normalises queries and keys per head (q_norm / k_norm).
+        return self.model_type == "qwen3"
+
+    @property
     def qkv_bias(self) -> bool:
         # Qwen2 carries q/k/v biases but no o_proj bias.
         return self.attention_bias or self.model_type == "qwen2"
@@ -92,6 +97,9 @@ class Attention(nn.Module):
             args.rope_scaling,
             args.max_position_embeddings,
         )
+        if args.qk_norm:
+            self.q_norm = nn.RMSNorm(hd, eps=args.rms_norm_eps)
+            self.k_norm = nn.RMSNorm(hd, eps=args.rms_norm_eps)
 
     def __call__(self, x: mx.array, rows: Rows, cache: Optional[Any]) -> mx.array:
         _, R, _ = x.shape
@@ -100,8 +108,10 @@ class Attention(nn.Module):
         v = rows.linear(self.v_proj, x, "self_attn.v_proj")
         tables = rows.rope_tables(self.rope, self.head_dim)
         q = q.reshape(1, R, self.n_heads, -1)
-        q = apply_rope(self.rope, q, rows.positions, tables)
         k = k.reshape(1, R, self.n_kv_heads, -1)
+        if "q_norm" in self:  # Qwen3: RMSNorm over each head before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(self.rope, q, rows.positions, tables)
         k = apply_rope(self.rope, k, rows.positions, tables)
         v = v.reshape(1, R, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         k, v = rows.keys_values(k, v, cache)
