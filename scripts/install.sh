@@ -12,5 +12,16 @@ if [ "$(uname)" = "Linux" ] && ! [ -e /usr/lib/x86_64-linux-gnu/openblas-pthread
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenblas0-pthread
 fi
 
+if [ "$(uname)" = "Linux" ] && command -v apt-get >/dev/null \
+   && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
+  # Debian's headless browser and its WebDriver, for the chat page's test
+  # (tests/test_server.py); it skips where they are missing.
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  { $SUDO apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver; } \
+    || echo "chromium not installed: the chat page's browser test will skip" >&2
+fi
+
 # Extras: convert/train pin torch==2.13.0 (a CPU build here; an open range may pull CUDA).
 python -m pip install -q -e ".[${MLX_SPECSTREAM_EXTRAS:-convert,train,data,bench,test}]"
