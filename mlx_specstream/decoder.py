@@ -154,7 +154,7 @@ def plain_generate_step(
     def _step(y: mx.array) -> tuple:
         rows = Rows.causal(1, cache[0].offset, model.streams)
         h = model.run_layers(model.embed(y), rows, cache, 0, len(model.layers))
-        logits = model.logits(h[0])  # (1, V)
+        logits = model.logits(h[0], float32=True)  # (1, V), as verification's
         if logits_processors:
             logits = apply_logits_processors(logits_processors, [context], logits)
         logprobs = log_softmax(logits)
@@ -309,7 +309,7 @@ def speculative_generate_step(
         p = _forward_tree(model, cache, tree, options.prune_threshold, streams_in_pass)
         T = p.tree.size
         path, correction, logprobs = verify(
-            p.tree, model.logits(p.h_top[0, :T]), cache.tokens
+            p.tree, model.logits(p.h_top[0, :T], float32=True), cache.tokens
         )  # host sync
         # Keep the accepted path's K/V: tree rows below layer l, verified rows above.
         for i, c in enumerate(cache):
@@ -355,7 +355,13 @@ def _forward_tree(
 ) -> _Pass:
     """Lower layers, pruning at layer l, stream insertion, top layers."""
     offset = cache[0].offset
-    rows = Rows.tree(tree.ancestor_mask, tree.depths, offset, model.streams)
+    if tree.size == 1:
+        # A lone root (the first pass after prefill, or a pass with nothing drafted)
+        # runs exactly as a plain decoding step: the same kernels, so in low
+        # precision the same rounding (a tree mask and per-row RoPE round otherwise).
+        rows = Rows.causal(1, offset, model.streams)
+    else:
+        rows = Rows.tree(tree.ancestor_mask, tree.depths, offset, model.streams)
     h = model.run_layers(
         model.embed(mx.array(tree.tokens)), rows, cache, 0, model.split
     )

@@ -21,6 +21,7 @@ from .msa import Rows
 from .rope import apply_rope
 from .streams import StreamParams
 
+
 @dataclass
 class ModelArgs(BaseModelArgs):
     model_type: str
@@ -205,12 +206,49 @@ class Model(nn.Module):
             h = self.layers[i](h, rows.at_layer(i), cache[i])
         return h
 
-    def logits(self, h: mx.array) -> mx.array:
-        """Final norm and LM head, shared by the main stream and every stream."""
+    def logits(self, h: mx.array, float32: bool = False) -> mx.array:
+        """Final norm and LM head, shared by the main stream and every stream.
+
+        Args:
+            float32: compute the norm and the head in float32 (weights upcast per
+                call, the quantized head's scales and biases only), so that greedy
+                argmaxes are not taken over low-precision logits, where near-equal
+                logits round to ties (bf16 logits near 25 are 0.125 apart). A
+                float32 model computes exactly what it does without it.
+        """
+        head = (
+            self.model.embed_tokens if self.args.tie_word_embeddings else self.lm_head
+        )
+        if float32 and (
+            h.dtype != mx.float32 or self.model.norm.weight.dtype != mx.float32
+        ):
+            return self._logits_float32(h, head)
         h = self.model.norm(h)
         if self.args.tie_word_embeddings:
-            return self.model.embed_tokens.as_linear(h)
-        return self.lm_head(h)
+            return head.as_linear(h)
+        return head(h)
+
+    def _logits_float32(self, h: mx.array, head: nn.Module) -> mx.array:
+        f32 = mx.float32
+        norm = self.model.norm
+        h = mx.fast.rms_norm(h.astype(f32), norm.weight.astype(f32), norm.eps)
+        if "scales" in head:  # quantized: the packed weights stay as they are
+            biases = head.get("biases")
+            out = mx.quantized_matmul(
+                h,
+                head["weight"],
+                scales=head["scales"].astype(f32),
+                biases=None if biases is None else biases.astype(f32),
+                transpose=True,
+                group_size=head.group_size,
+                bits=head.bits,
+                mode=head.mode,
+            )
+        else:
+            out = h @ head["weight"].astype(f32).T
+        if "bias" in head:
+            out = out + head["bias"].astype(f32)
+        return out
 
     def early_exit(self, h_split: mx.array) -> mx.array:
         """Pruning-head logits from main states at layer l: lm_head(norm(o(M)))."""
