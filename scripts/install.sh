@@ -12,10 +12,12 @@ if [ "$(uname)" = "Linux" ] && ! [ -e /usr/lib/x86_64-linux-gnu/openblas-pthread
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenblas0-pthread
 fi
 
-if [ "$(uname)" = "Linux" ] && command -v apt-get >/dev/null \
+if [ "${MLX_SPECSTREAM_BROWSER_TESTS:-0}" = "1" ] && [ "$(uname)" = "Linux" ] \
+   && command -v apt-get >/dev/null \
    && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
   # Debian's headless browser and its WebDriver, for the chat page's test
-  # (tests/test_server.py); it skips where they are missing.
+  # (tests/test_server.py; it skips where they are missing). CI asks for them;
+  # the Quick start does not need them.
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   { $SUDO apt-get update -qq \
