@@ -20,7 +20,8 @@ from .format import (
     StreamArgs,
     stream_tensor_shapes,
 )
-from .models.llama import Model, ModelArgs
+from .models import families
+from .models.llama import Model
 
 SUPPORTED_MODEL_TYPES = tuple(SUPPORTED_ARCHITECTURES)
 
@@ -71,7 +72,7 @@ def load_stream_args(directory: Union[str, Path]) -> Optional[StreamArgs]:
 
 def build_model(config: Dict, stream_args: Optional[StreamArgs] = None) -> Model:
     """A model for ``config`` with random base weights and zero streams."""
-    return Model(ModelArgs.from_dict(config), stream_args)
+    return families.build_model(config, stream_args)
 
 
 def check_shapes(
