@@ -7,6 +7,7 @@ small character-level tokenizer into ``tmp_path / <name>`` and return that path.
 """
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -215,3 +216,14 @@ def tiny_hf_qwen3(
     return _save_model(
         Qwen3ForCausalLM, Qwen3Config, Path(tmp_path) / name, params, seed
     )
+
+
+# The family runner: every family's tiny HF builder, keyed by model_type. The HF
+# parity, reference and conversion tests run each check on each entry, so a new family
+# is its builder and a line here (and an MLX shape in test_generate.SHAPES).
+HF_FAMILIES = {
+    "llama": tiny_hf_llama,
+    "qwen2": tiny_hf_qwen2,
+    # seed 0's greedy answer to test_convert's prompt hits EOS after 8 tokens
+    "qwen3": partial(tiny_hf_qwen3, seed=1),
+}

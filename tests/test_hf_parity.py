@@ -5,7 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers_torch import tiny_hf_llama, tiny_hf_qwen2, tiny_hf_qwen3  # noqa: E402
+from helpers_torch import HF_FAMILIES  # noqa: E402
 
 from mlx_specstream.generate import stream_generate  # noqa: E402
 from mlx_specstream.utils import load  # noqa: E402
@@ -15,12 +15,12 @@ PROMPT = [5, 9, 14, 20, 31]
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("make", [tiny_hf_llama, tiny_hf_qwen2, tiny_hf_qwen3])
+@pytest.mark.parametrize("family", list(HF_FAMILIES))
 @pytest.mark.parametrize("seed", [0, 1])
-def test_plain_and_speculative_greedy_equal_transformers(tmp_path, make, seed):
+def test_plain_and_speculative_greedy_equal_transformers(tmp_path, family, seed):
     from transformers import AutoModelForCausalLM
 
-    path = make(tmp_path, seed=seed)
+    path = HF_FAMILIES[family](tmp_path, seed=seed)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     with torch.no_grad():
         ref = hf.generate(

@@ -6,12 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from helpers_torch import (  # noqa: E402
-    tiny_hf_llama,
-    tiny_hf_qwen2,
-    tiny_hf_qwen3,
-    write_random_streams,
-)
+from helpers_torch import HF_FAMILIES, tiny_hf_llama, write_random_streams  # noqa: E402
 
 from mlx_specstream.train.reference import StreamingReference  # noqa: E402
 from mlx_specstream.format import (  # noqa: E402
@@ -30,7 +25,7 @@ ARGS = StreamArgs(
 )
 
 
-FAMILIES = {"llama": tiny_hf_llama, "qwen2": tiny_hf_qwen2, "qwen3": tiny_hf_qwen3}
+FAMILIES = HF_FAMILIES
 
 
 @pytest.fixture(params=list(FAMILIES))
