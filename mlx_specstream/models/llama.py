@@ -136,10 +136,14 @@ class MLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
+    # A family swaps in its own attention / MLP (phi3.py) without rewriting the block.
+    attention_class = Attention
+    mlp_class = MLP
+
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.self_attn = Attention(args)
-        self.mlp = MLP(args)
+        self.self_attn = self.attention_class(args)
+        self.mlp = self.mlp_class(args)
         self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(
             args.hidden_size, eps=args.rms_norm_eps
@@ -151,10 +155,12 @@ class TransformerBlock(nn.Module):
 
 
 class LlamaModel(nn.Module):
+    block_class = TransformerBlock
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
-        self.layers = [TransformerBlock(args) for _ in range(args.num_hidden_layers)]
+        self.layers = [self.block_class(args) for _ in range(args.num_hidden_layers)]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
 
@@ -165,11 +171,13 @@ class Model(nn.Module):
     tree pruning and stream insertion both happen there.
     """
 
+    decoder_class = LlamaModel  # a family's decoder (embeddings, layers, final norm)
+
     def __init__(self, args: ModelArgs, stream_args: Optional[StreamArgs] = None):
         super().__init__()
         self.args = args
         self.model_type = args.model_type
-        self.model = LlamaModel(args)
+        self.model = self.decoder_class(args)
         if not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         if stream_args is None:
