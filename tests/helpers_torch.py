@@ -218,6 +218,39 @@ def tiny_hf_qwen3(
     )
 
 
+# Phi-4-mini's shape (tied head, RoPE on 3/4 of each head, LongRoPE) on the tiny
+# model. mlx-lm (and so our runtime) always rotates with long_factor; transformers
+# switches to it once the sequence passes original_max_position_embeddings, so that
+# is 2 here: every test sequence (3+ tokens) is past it and the two agree, while
+# distinct short and long factors would show a model using the wrong ones.
+PHI3_ROTARY = 12  # head_dim 16 x 0.75
+PHI3_DEFAULTS = dict(
+    LLAMA_DEFAULTS,
+    tie_word_embeddings=True,
+    partial_rotary_factor=0.75,
+    max_position_embeddings=64,
+    original_max_position_embeddings=2,
+    rope_scaling={
+        "type": "longrope",
+        "short_factor": [1.0 + 0.1 * i for i in range(PHI3_ROTARY // 2)],
+        "long_factor": [1.5 + 0.4 * i for i in range(PHI3_ROTARY // 2)],
+    },
+)
+
+
+def tiny_hf_phi3(
+    tmp_path: Path, seed: int = 0, name: str = "phi3", **overrides
+) -> Path:
+    """Save a random tiny ``Phi3ForCausalLM`` (fused qkv_proj / gate_up_proj, partial
+    rotary, LongRoPE, tied) and tokenizer; ``overrides`` replace ``PHI3_DEFAULTS``
+    (``rope_scaling=None, partial_rotary_factor=1.0, tie_word_embeddings=False``
+    gives Phi-3-mini-4k's shape)."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    params = dict(PHI3_DEFAULTS, **overrides)
+    return _save_model(Phi3ForCausalLM, Phi3Config, Path(tmp_path) / name, params, seed)
+
+
 # The family runner: every family's tiny HF builder, keyed by model_type. The HF
 # parity, reference and conversion tests run each check on each entry, so a new family
 # is its builder and a line here (and an MLX shape in test_generate.SHAPES).
@@ -226,4 +259,5 @@ HF_FAMILIES = {
     "qwen2": tiny_hf_qwen2,
     # seed 0's greedy answer to test_convert's prompt hits EOS after 8 tokens
     "qwen3": partial(tiny_hf_qwen3, seed=1),
+    "phi3": tiny_hf_phi3,
 }

@@ -116,7 +116,7 @@ def test_quantized(hf_dir, mlx_fp32, tmp_path, bits):
     config = json.loads((out / "config.json").read_text())
     assert config["quantization"]["bits"] == bits
     model = load_model(out)
-    assert isinstance(model.layers[0].self_attn.q_proj, nn.QuantizedLinear)
+    assert isinstance(model.layers[0].self_attn.o_proj, nn.QuantizedLinear)
     assert all(v.dtype == mx.float32 for v in mx.load(str(out / STREAMS_FILE)).values())
     # Exactly the model whose weights are the dequantized ones: nothing else changed.
     deq = load_model(mlx_fp32)

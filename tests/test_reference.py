@@ -99,7 +99,8 @@ def _brute_force_streams(ref: StreamingReference, ids: torch.Tensor) -> torch.Te
 
     Shares only the HF modules with the reference (M from HF's own hidden states).
     """
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    # Phi-3's rotates the first cos.shape[-1] dims (partial rotary), else as Llama's.
+    from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb
 
     hf, g = ref.hf, ref.args.num_streams
     t = ids.shape[1]
@@ -128,23 +129,30 @@ def _brute_force_streams(ref: StreamingReference, ids: torch.Tensor) -> torch.Te
         layer = hf.model.layers[i]
         att = layer.self_attn
 
+        def extra(inp, name):
+            a, b = sd[f"layers.{i}.{name}.lora_a"], sd[f"layers.{i}.{name}.lora_b"]
+            return ((inp @ a) @ b) * (~is_main)[:, None]
+
         def lin(mod, inp, name):
-            extra = (inp @ sd[f"layers.{i}.{name}.lora_a"]) @ sd[
-                f"layers.{i}.{name}.lora_b"
-            ]
-            return mod(inp) + extra * (~is_main)[:, None]
+            return mod(inp) + extra(inp, name)
 
         hn = layer.input_layernorm(x)
-        q = lin(att.q_proj, hn, "self_attn.q_proj").view(len(x), -1, att.head_dim)
-        k = lin(att.k_proj, hn, "self_attn.k_proj").view(len(x), -1, att.head_dim)
+        if hasattr(att, "qkv_proj"):  # Phi-3: one fused projection, q | k | v
+            nq, nkv = att.config.num_attention_heads, att.num_key_value_heads
+            sizes = [nq * att.head_dim, nkv * att.head_dim, nkv * att.head_dim]
+            qkv = att.qkv_proj(hn).split(sizes, dim=-1)
+            names = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+            q, k, v = (p + extra(hn, n) for p, n in zip(qkv, names))
+        else:
+            q = lin(att.q_proj, hn, "self_attn.q_proj")
+            k = lin(att.k_proj, hn, "self_attn.k_proj")
+            v = lin(att.v_proj, hn, "self_attn.v_proj")
+        q = q.view(len(x), -1, att.head_dim)
+        k = k.view(len(x), -1, att.head_dim)
         if hasattr(att, "q_norm"):  # Qwen3: per-head RMSNorm before RoPE
             q, k = att.q_norm(q), att.k_norm(k)
         q, k = q.transpose(0, 1), k.transpose(0, 1)
-        v = (
-            lin(att.v_proj, hn, "self_attn.v_proj")
-            .view(len(x), -1, att.head_dim)
-            .transpose(0, 1)
-        )
+        v = v.view(len(x), -1, att.head_dim).transpose(0, 1)
         q, k = apply_rotary_pos_emb(q[None], k[None], cos, sin)
         rep = q.shape[1] // k.shape[1]
         k, v = k[0].repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)
@@ -154,12 +162,15 @@ def _brute_force_streams(ref: StreamingReference, ids: torch.Tensor) -> torch.Te
             att.o_proj, o.transpose(0, 1).reshape(len(x), -1), "self_attn.o_proj"
         )
         hn = layer.post_attention_layernorm(x)
-        act = layer.mlp.act_fn(lin(layer.mlp.gate_proj, hn, "mlp.gate_proj"))
-        x = x + lin(
-            layer.mlp.down_proj,
-            act * lin(layer.mlp.up_proj, hn, "mlp.up_proj"),
-            "mlp.down_proj",
-        )
+        mlp = layer.mlp
+        if hasattr(mlp, "gate_up_proj"):  # Phi-3: gate | up fused
+            gate, up = mlp.gate_up_proj(hn).chunk(2, dim=-1)
+            gate, up = gate + extra(hn, "mlp.gate_proj"), up + extra(hn, "mlp.up_proj")
+            hidden = mlp.activation_fn(gate) * up
+        else:
+            act = mlp.act_fn(lin(mlp.gate_proj, hn, "mlp.gate_proj"))
+            hidden = act * lin(mlp.up_proj, hn, "mlp.up_proj")
+        x = x + lin(mlp.down_proj, hidden, "mlp.down_proj")
     return ref.logits(x[t:]).view(t, g, -1)
 
 

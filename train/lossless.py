@@ -170,7 +170,7 @@ def collate(
 
 def stream_hidden(ref: StreamingReference, batch: AnchorBatch) -> torch.Tensor:
     """Final stream states (B, A, γ, h) of the batch's anchors."""
-    cos, sin = ref.hf.model.rotary_emb(batch.m, batch.pos)
+    cos, sin = ref.rotary(batch.m, batch.pos)
     return ref.stream_pass(batch.m, batch.kvs, cos, sin, batch.key_ok)
 
 

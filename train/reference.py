@@ -11,7 +11,7 @@ streams, so with zero stream parameters they are the HF model's own logits.
 """
 
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +24,8 @@ from mlx_specstream.format import (
     SUPPORTED_ARCHITECTURES,
     StreamArgs,
 )
-from mlx_specstream.model_io import load_stream_args
-from mlx_specstream.models.llama import ModelArgs
+from mlx_specstream.model_io import load_stream_args, normalise_config
+from mlx_specstream.models import families
 
 KV = Tuple[torch.Tensor, torch.Tensor]
 
@@ -48,6 +48,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    d = cos.shape[-1]  # the whole head, or its first part (Phi-3 partial rotary)
+    if d < x.shape[-1]:
+        return torch.cat([_rope(x[..., :d], cos, sin), x[..., d:]], dim=-1)
     return x * cos + _rotate_half(x) * sin
 
 
@@ -65,10 +68,43 @@ def _linear(
     return y if adapter is None else y + adapter(x)
 
 
+def _no_adapter(module: str) -> None:
+    return None
+
+
+def _qkv(attn: nn.Module, x: torch.Tensor, ad: Callable = _no_adapter) -> tuple:
+    """q, k, v projections of ``x`` (features last), each part plus its adapter
+    ``ad("self_attn.q_proj")`` ...; Phi-3 fuses them in ``qkv_proj`` (q | k | v)."""
+    names = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+    if not hasattr(attn, "qkv_proj"):
+        return tuple(
+            _linear(getattr(attn, n.split(".")[1]), x, ad(n)) for n in names
+        )
+    q, kv = attn.config.num_attention_heads, attn.num_key_value_heads
+    sizes = [q * attn.head_dim, kv * attn.head_dim, kv * attn.head_dim]
+    parts = attn.qkv_proj(x).split(sizes, dim=-1)
+    return tuple(p if ad(n) is None else p + ad(n)(x) for p, n in zip(parts, names))
+
+
+def _gated(mlp: nn.Module, x: torch.Tensor, ad: Callable = _no_adapter) -> torch.Tensor:
+    """act(gate) * up, each projection plus its adapter; Phi-3 fuses them in
+    ``gate_up_proj`` (gate | up)."""
+    if hasattr(mlp, "gate_up_proj"):
+        gate, up = mlp.gate_up_proj(x).chunk(2, dim=-1)
+        if ad("mlp.gate_proj") is not None:
+            gate = gate + ad("mlp.gate_proj")(x)
+        if ad("mlp.up_proj") is not None:
+            up = up + ad("mlp.up_proj")(x)
+        return mlp.activation_fn(gate) * up
+    up = _linear(mlp.up_proj, x, ad("mlp.up_proj"))
+    return mlp.act_fn(_linear(mlp.gate_proj, x, ad("mlp.gate_proj"))) * up
+
+
 def layer_dims(config) -> Dict[str, tuple]:
     """(in, out) features of every adaptable linear layer of a HF config, as the MLX
     model derives them (``ModelArgs.layer_dims``)."""
-    return ModelArgs.from_dict(config.to_dict()).layer_dims
+    args_class, _ = families.family(config.model_type)
+    return args_class.from_dict(normalise_config(config.to_dict())).layer_dims
 
 
 class StreamingReference(nn.Module):
@@ -256,12 +292,32 @@ class StreamingReference(nn.Module):
         """Pruning adapter o(M) = M + (M a) b; identity at rank 0."""
         return m if self.prune is None else m + self.prune(m)
 
+    def rotary(self, x: torch.Tensor, pos: torch.Tensor) -> tuple:
+        """RoPE (cos, sin) at positions ``pos`` (B, T), each (B, T, rotary dims).
+
+        LongRoPE (Phi-3) always rotates with ``long_factor``, as the MLX runtime
+        (mlx-lm's SuScaledRoPE) does; transformers' own rotary switches to it only
+        once the sequence passes ``original_max_position_embeddings``.
+        """
+        rot = self.hf.model.rotary_emb
+        if getattr(rot, "rope_type", None) != "longrope":
+            return rot(x, pos)
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # slow import
+
+        config = self.hf.config
+        long_seq = config.rope_parameters["original_max_position_embeddings"] + 1
+        inv_freq, scale = ROPE_INIT_FUNCTIONS["longrope"](config, x.device, long_seq)
+        freqs = pos[..., None].float() * inv_freq  # (B, T, rotary dims / 2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * scale).to(x.dtype), (emb.sin() * scale).to(x.dtype)
+
     def _check_window(self, t: int) -> None:
         w = getattr(self.hf.config, "sliding_window", None)
         if (
             w is not None
             and (
-                self.hf.config.model_type == "mistral"
+                # transformers applies Phi-3's window whenever it is set
+                self.hf.config.model_type in ("mistral", "phi3")
                 or getattr(self.hf.config, "use_sliding_window", False)
             )
             and t > w
@@ -276,11 +332,12 @@ class StreamingReference(nn.Module):
         """One decoder layer on main rows; also returns its post-RoPE K/V (B, Hkv, T, d)."""
         attn, (b, t, _) = layer.self_attn, h.shape
         x = layer.input_layernorm(h)
-        q = attn.q_proj(x).view(b, t, -1, attn.head_dim)
-        k = attn.k_proj(x).view(b, t, -1, attn.head_dim)
+        q, k, v = _qkv(attn, x)
+        q = q.view(b, t, -1, attn.head_dim)
+        k = k.view(b, t, -1, attn.head_dim)
         q, k = _qk_norm(attn, q, k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
-        v = attn.v_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
+        v = v.view(b, t, -1, attn.head_dim).transpose(1, 2)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
         o = F.scaled_dot_product_attention(
@@ -308,10 +365,10 @@ class StreamingReference(nn.Module):
         k_main, v_main = kv
         hkv, d = k_main.shape[1], attn.head_dim
         x = layer.input_layernorm(s)
-        q = _linear(attn.q_proj, x, ad("self_attn.q_proj")).view(b, a, g, hkv, -1, d)
-        k = _linear(attn.k_proj, x, ad("self_attn.k_proj")).view(b, a, g, hkv, d)
+        q, k, v = _qkv(attn, x, ad)
+        q, k = q.view(b, a, g, hkv, -1, d), k.view(b, a, g, hkv, d)
         q, k = _qk_norm(attn, q, k)
-        v = _linear(attn.v_proj, x, ad("self_attn.v_proj")).view(b, a, g, hkv, d)
+        v = v.view(b, a, g, hkv, d)
         cos, sin = cos[:, :, None, None, :], sin[:, :, None, None, :]
         q, k = _rope(q, cos.unsqueeze(-2), sin.unsqueeze(-2)), _rope(k, cos, sin)
         # scores vs main keys (B, A, γ, Hkv, rep, T) and vs own-anchor streams (..., γ)
@@ -328,9 +385,7 @@ class StreamingReference(nn.Module):
         s = s + _linear(attn.o_proj, o.reshape(b, a, g, -1), ad("self_attn.o_proj"))
         x = layer.post_attention_layernorm(s)
         mlp = layer.mlp
-        up = _linear(mlp.up_proj, x, ad("mlp.up_proj"))
-        gate = mlp.act_fn(_linear(mlp.gate_proj, x, ad("mlp.gate_proj")))
-        return s + _linear(mlp.down_proj, gate * up, ad("mlp.down_proj"))
+        return s + _linear(mlp.down_proj, _gated(mlp, x, ad), ad("mlp.down_proj"))
 
     def main_pass(
         self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
@@ -358,7 +413,7 @@ class StreamingReference(nn.Module):
         mask = (torch.ones_like(eye).tril() & valid[:, None, :]) | eye
         h = self.hf.model.embed_tokens(input_ids)
         pos = torch.arange(t, device=dev).expand(b, t)
-        cos, sin = self.hf.model.rotary_emb(h, pos)
+        cos, sin = self.rotary(h, pos)
         kvs, m = [], None
         for i, layer in enumerate(self.hf.model.layers):
             if i == self.first_layer:

@@ -10,7 +10,7 @@ family runner.
 from typing import Dict, Optional, Tuple, Type
 
 from ..format import StreamArgs
-from . import llama
+from . import llama, phi3
 
 Family = Tuple[Type[llama.ModelArgs], Type[llama.Model]]
 
@@ -19,6 +19,7 @@ FAMILIES: Dict[str, Family] = {
     "mistral": (llama.ModelArgs, llama.Model),
     "qwen2": (llama.ModelArgs, llama.Model),
     "qwen3": (llama.ModelArgs, llama.Model),
+    "phi3": (phi3.ModelArgs, phi3.Model),
 }
 
 
