@@ -242,8 +242,9 @@ class _Verifier:
 
 
 def _stream_topk(model: Model, h_streams: mx.array, k: int) -> StreamTopK:
-    """(γ, h) stream states of the accepted node -> top-k candidates per stream."""
-    return topk_logprobs(model.logits(h_streams), k)
+    """(γ, h) stream states of the accepted node -> top-k candidates per stream
+    (over the model's draft vocabulary where it has one)."""
+    return topk_logprobs(model.stream_logits(h_streams), k, model.draft_vocab)
 
 
 def _prune(model: Model, tree: Tree, h_split: mx.array, threshold: float) -> List[int]:

@@ -14,6 +14,7 @@ from typing import List, Optional, Protocol, Sequence, Tuple
 import mlx.core as mx
 import numpy as np
 
+from .models.fast_ops import decode_path
 from .tree import Tree, TreeShape, best_first_paths, cartesian_paths
 
 
@@ -25,19 +26,40 @@ class StreamTopK:
     logprobs: np.ndarray  # (γ, K)
 
 
-def topk_logprobs(logits: mx.array, k: int) -> StreamTopK:
-    """(γ, V) logits -> the top ``k`` log-probabilities per row, most probable first."""
-    # Normalised on the host: numpy's exp is vectorised, MLX's CPU exp is not.
-    lp = np.array(logits.astype(mx.float32))  # host sync
-    m = lp.max(axis=-1, keepdims=True)
-    lp -= m + np.log(np.exp(lp - m).sum(axis=-1, keepdims=True))
-    k = min(k, lp.shape[-1])
-    # numpy's partition on the host is faster than MLX's on the CPU backend.
-    idx = np.argpartition(-lp, k - 1, axis=-1)[:, :k]
-    vals = np.take_along_axis(lp, idx, axis=-1)
+def topk_logprobs(
+    logits: mx.array,
+    k: int,
+    vocab: Optional[np.ndarray] = None,
+    on_device: Optional[bool] = None,
+) -> StreamTopK:
+    """(γ, V) logits -> the top ``k`` log-probabilities per row, most probable first.
+
+    Args:
+        vocab: (V,) the token id of each logit column (a draft vocabulary); None:
+            column i is token i.
+        on_device: take the top-k with MLX on the device and bring only (γ, k) to
+            the host (default: the decode path's ``device_topk``).
+    """
+    if on_device is None:
+        on_device = decode_path().device_topk
+    k = min(k, logits.shape[-1])
+    if on_device:
+        lp = logits.astype(mx.float32)
+        lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
+        idx = mx.argpartition(-lp, k - 1, axis=-1)[:, :k]
+        idx, vals = np.array(idx), np.array(mx.take_along_axis(lp, idx, axis=-1))
+    else:
+        # Normalised on the host: numpy's exp is vectorised, MLX's CPU exp is not.
+        lp = np.array(logits.astype(mx.float32))  # host sync
+        m = lp.max(axis=-1, keepdims=True)
+        lp -= m + np.log(np.exp(lp - m).sum(axis=-1, keepdims=True))
+        # numpy's partition on the host is faster than MLX's on the CPU backend.
+        idx = np.argpartition(-lp, k - 1, axis=-1)[:, :k]
+        vals = np.take_along_axis(lp, idx, axis=-1)
     order = np.argsort(-vals, axis=-1, kind="stable")
+    idx = np.take_along_axis(idx, order, -1)
     return StreamTopK(
-        np.take_along_axis(idx, order, -1), np.take_along_axis(vals, order, -1)
+        idx if vocab is None else vocab[idx], np.take_along_axis(vals, order, -1)
     )
 
 

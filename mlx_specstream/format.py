@@ -15,10 +15,15 @@ base model:
                                                        STREAM_ADAPTER_MODULES
     prune.a                              (h, rp)     early-exit adapter at layer N - Ns:
     prune.b                              (rp, h)       o(M) = M + (M a) b
+    draft_vocab                          (K,) int32  optional: the token ids streams
+                                                     draft from, most frequent first
 
 Adapters are applied as ``y = W x + ((x @ lora_a) @ lora_b)`` with any scale folded
 into ``lora_b``. ``i`` is the absolute layer index. Missing optional tensors
-(insertion map, adapters, pruning adapter) mean rank 0. mlx-lm ignores both files,
+(insertion map, adapters, pruning adapter) mean rank 0. Without ``draft_vocab``
+streams draft from the whole vocabulary; with it (distinct ids in ``[0, V)``) stream
+logits and their top-k cover those K tokens only (FR-Spec, arXiv 2502.14856), while
+verification still uses the whole vocabulary, so decoding output is the same. mlx-lm ignores both files,
 so an MLX directory of ours also loads in mlx-lm as the plain base model.
 """
 
@@ -38,6 +43,7 @@ SUPPORTED_ARCHITECTURES = {
 }
 SETTINGS_FILE = "speculative_streaming.json"
 STREAMS_FILE = "streams.safetensors"
+DRAFT_VOCAB = "draft_vocab"  # the optional int32 tensor of STREAMS_FILE
 STREAM_ADAPTER_MODULES = (
     "self_attn.q_proj",
     "self_attn.k_proj",

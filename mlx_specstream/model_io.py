@@ -7,6 +7,7 @@ from typing import Dict, Optional, Union
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.utils import save_config
 from mlx_lm.utils import save_model as mlx_lm_save_model
@@ -14,6 +15,7 @@ from mlx_lm.utils import save_model as mlx_lm_save_model
 from .errors import ModelFileError
 from .files import load_safetensors, read_json
 from .format import (
+    DRAFT_VOCAB,
     SETTINGS_FILE,
     STREAMS_FILE,
     SUPPORTED_ARCHITECTURES,
@@ -21,6 +23,7 @@ from .format import (
     stream_tensor_shapes,
 )
 from .models import families
+from .models.draft_head import check_draft_vocab
 from .models.llama import Model
 
 SUPPORTED_MODEL_TYPES = tuple(SUPPORTED_ARCHITECTURES)
@@ -143,8 +146,15 @@ def load_stream_weights(model: Model, directory: Union[str, Path]) -> bool:
     if not file.exists():
         return False
     streams = load_safetensors(file)
+    draft_vocab = streams.pop(DRAFT_VOCAB, None)
     check_shapes(stream_shapes(model), streams, file)
     model.streams.load_weights(list(model.streams.module_weights(streams).items()))
+    if draft_vocab is not None:
+        ids = np.array(draft_vocab)
+        problem = check_draft_vocab(ids, model.args.vocab_size)
+        if problem:
+            raise ModelFileError(file, problem)
+        model.set_draft_vocab(ids)
     return any(mx.any(v != 0).item() for v in streams.values())
 
 
@@ -207,4 +217,6 @@ def save_model(model: Model, config: Dict, path: Union[str, Path]) -> None:
     save_config(dict(config), path / "config.json")
     model.streams.args.save(path)
     streams = {k: v.astype(mx.float32) for k, v in model.streams.file_weights().items()}
+    if model.draft_vocab is not None:
+        streams[DRAFT_VOCAB] = mx.array(model.draft_vocab, mx.int32)
     mx.save_safetensors(str(path / STREAMS_FILE), streams)

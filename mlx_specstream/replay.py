@@ -17,10 +17,11 @@ from .tree import TreeShape
 
 def stream_candidates(model: Model, tokens: Sequence[int], k: int) -> StreamTopK:
     """Top-k stream candidates at every position of a sequence, (L, γ, k)."""
-    _, streams = model.all_stream_logits(mx.array(tokens))
+    _, streams = model.all_stream_logits(mx.array(tokens), draft=True)
     L, g, V = streams.shape
-    # The decoder's own top-k, so replayed drafts are the decoder's drafts.
-    top = topk_logprobs(streams.reshape(L * g, V), k)
+    # The decoder's own top-k (and draft vocabulary), so replayed drafts are the
+    # decoder's drafts.
+    top = topk_logprobs(streams.reshape(L * g, V), k, model.draft_vocab)
     return StreamTopK(top.tokens.reshape(L, g, -1), top.logprobs.reshape(L, g, -1))
 
 

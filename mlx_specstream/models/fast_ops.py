@@ -10,9 +10,13 @@ a 16-node pass, growing with the context. Here exp is range-reduced (Cody-Waite)
 shift, fused by ``mx.compile``. Its error (about 1e-7 relative) is below MLX's own exp.
 """
 
-from typing import Callable, Optional, Union
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Union
 
 import mlx.core as mx
+import mlx.nn as nn
 
 _LOG2E = 1.4426950408889634
 # ln 2 split so that n * _LN2_HI is exact for |n| < 2^9 (Cody-Waite).
@@ -61,6 +65,69 @@ def _rotate(x: mx.array, cos: mx.array, sin: mx.array, traditional: bool) -> mx.
     return mx.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
 
 
+@dataclass(frozen=True)
+class DecodePath:
+    """Which kernels a decoding pass uses; one choice per device.
+
+    The CPU wheel's ``exp`` is slow and its fused attention takes no shortcut for a
+    masked tree, so there the polynomial exp, this file's masked softmax and a host
+    top-k measured faster. A GPU has a fast exp and fused attention with a mask, and
+    a host round trip costs a device sync, so there MLX's own kernels and an on-device
+    top-k are used.
+
+    Args:
+        name: "cpu" or "gpu" (the device it was chosen for, not where it runs).
+        fused_attention: masked (tree and stream) attention through
+            ``mx.fast.scaled_dot_product_attention`` with the bool mask.
+        native_ops: MLX's ``silu`` and ``exp`` instead of the polynomial exp.
+        device_topk: stream top-k with ``mx.argpartition`` on the device; only the
+            (γ, k) candidates come to the host.
+    """
+
+    name: str
+    fused_attention: bool
+    native_ops: bool
+    device_topk: bool
+
+
+PATHS = {
+    "cpu": DecodePath("cpu", False, False, False),
+    "gpu": DecodePath("gpu", True, True, True),
+}
+# MLX_SPECSTREAM_DECODE_PATH=cpu|gpu overrides the device's choice (bench, tests).
+PATH_ENV = "MLX_SPECSTREAM_DECODE_PATH"
+_override: Optional[DecodePath] = None
+
+
+def _by_name(name: str) -> DecodePath:
+    if name not in PATHS:
+        raise ValueError(f"decode path must be one of {sorted(PATHS)}, got {name!r}")
+    return PATHS[name]
+
+
+def decode_path() -> DecodePath:
+    """The path for this process: the override, else the env setting, else the
+    default device's (a GPU, Metal or CUDA, gets "gpu")."""
+    if _override is not None:
+        return _override
+    env = os.environ.get(PATH_ENV)
+    if env:
+        return _by_name(env.lower())
+    return PATHS["gpu" if mx.default_device() == mx.gpu else "cpu"]
+
+
+@contextlib.contextmanager
+def use_decode_path(name: Optional[str]) -> Iterator[DecodePath]:
+    """Run the block with decode path ``name`` (None: the device's choice)."""
+    global _override
+    before = _override
+    _override = None if name is None else _by_name(name)
+    try:
+        yield decode_path()
+    finally:
+        _override = before
+
+
 class _Compiled:
     """``mx.compile(fn)``, made on first call (not at import), where this MLX can
     compile: its CPU backend needs a C++ compiler at run time. Elsewhere ``fn`` runs
@@ -82,10 +149,21 @@ class _Compiled:
         return self.impl(*args)
 
 
-exp = _Compiled(_exp)
-swiglu = _Compiled(_swiglu)  # silu(gate) * up, the Llama MLP activation
+_poly_exp = _Compiled(_exp)
+_poly_swiglu = _Compiled(_swiglu)
 rotate = _Compiled(_rotate)  # x (1, R, H, D), cos and sin (1, R, 1, D / 2)
 masked_softmax = _Compiled(_masked_softmax)
+
+
+def exp(x: mx.array) -> mx.array:
+    return mx.exp(x) if decode_path().native_ops else _poly_exp(x)
+
+
+def swiglu(gate: mx.array, up: mx.array) -> mx.array:
+    """silu(gate) * up, the Llama MLP activation."""
+    if decode_path().native_ops:
+        return nn.silu(gate) * up
+    return _poly_swiglu(gate, up)
 
 
 def attention(
@@ -100,9 +178,10 @@ def attention(
     Args:
         q: (1, H, R, D) queries; k, v: (1, KH, P, D) with H a multiple of KH.
         mask: (R, P) bool, True where a query row may attend; None (one row) or
-            "causal" (prefill from position 0) go to MLX's fused kernel.
+            "causal" (prefill from position 0) go to MLX's fused kernel, and so
+            does a bool mask on the "gpu" decode path.
     """
-    if not isinstance(mask, mx.array):
+    if not isinstance(mask, mx.array) or decode_path().fused_attention:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     B, H, R, D = q.shape
     KH, P = k.shape[1], k.shape[2]

@@ -11,12 +11,14 @@ from typing import Any, Dict, List, Optional, Union
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx_lm.models.base import BaseModelArgs
 from mlx_lm.models.rope_utils import initialize_rope
 
 from ..format import StreamArgs
 from . import fast_ops
 from .cache import PromptCache, make_prompt_cache
+from .draft_head import DraftHead, check_draft_vocab
 from .msa import Rows
 from .rope import apply_rope
 from .streams import StreamParams
@@ -172,6 +174,9 @@ class Model(nn.Module):
     """
 
     decoder_class = LlamaModel  # a family's decoder (embeddings, layers, final norm)
+    # (K,) token ids streams draft from (None: all); see ``set_draft_vocab``.
+    draft_vocab: Optional[np.ndarray] = None
+    _draft_head: Optional[DraftHead] = None
 
     def __init__(self, args: ModelArgs, stream_args: Optional[StreamArgs] = None):
         super().__init__()
@@ -264,6 +269,34 @@ class Model(nn.Module):
             h_split = h_split + self.streams.prune(h_split)
         return self.logits(h_split)
 
+    def lm_head_module(self) -> nn.Module:
+        """The LM head: ``lm_head``, or the tied embedding (called as a linear layer)."""
+        return self.model.embed_tokens if self.args.tie_word_embeddings else self.lm_head
+
+    def set_draft_vocab(self, ids: Optional[np.ndarray]) -> None:
+        """Draft from the token ids ``ids`` only (None: the whole vocabulary).
+
+        Stream logits then cover K = len(ids) tokens; verification is unchanged.
+        """
+        if ids is not None:
+            ids = np.asarray(ids)
+            problem = check_draft_vocab(ids, self.args.vocab_size)
+            if problem:
+                raise ValueError(problem)
+            ids = ids.astype(np.int32)
+        self.draft_vocab, self._draft_head = ids, None
+
+    def stream_logits(self, h: mx.array) -> mx.array:
+        """Draft logits of (R, h) stream states: (R, V), or (R, K) over ``draft_vocab``
+        (column k is token ``draft_vocab[k]``)."""
+        if self.draft_vocab is None:
+            return self.logits(h)
+        head = self.lm_head_module()
+        # Sliced on first use and again whenever the head's weights are replaced.
+        if self._draft_head is None or self._draft_head.source is not head["weight"]:
+            self._draft_head = DraftHead(head, self.draft_vocab)
+        return self._draft_head(self.model.norm(h))
+
     def make_cache(self) -> PromptCache:
         """The cache ``mlx_lm.models.cache.make_prompt_cache(model)`` returns."""
         return make_prompt_cache(self)
@@ -276,11 +309,15 @@ class Model(nn.Module):
         h = self.run_layers(self.embed(inputs), rows, cache, 0, len(self.layers))
         return self.logits(h)
 
-    def all_stream_logits(self, tokens: mx.array) -> tuple:
+    def all_stream_logits(self, tokens: mx.array, draft: bool = False) -> tuple:
         """Main and stream logits at every position (the training layout).
 
+        Args:
+            draft: stream logits as drafting sees them (``stream_logits``: over
+                ``draft_vocab`` where set).
+
         Returns:
-            ``(main (T, V), streams (T, γ, V))`` in float32.
+            ``(main (T, V), streams (T, γ, V or K))`` in float32.
         """
         cache = make_prompt_cache(self)
         T = tokens.size
@@ -291,8 +328,13 @@ class Model(nn.Module):
         h = self.run_layers(
             mx.concatenate([h, s], axis=1), rows, cache, self.split, len(self.layers)
         )
+        g = self.streams.args.num_streams
+        if draft:
+            main = self.logits(h[0, :T]).astype(mx.float32)
+            streams = self.stream_logits(h[0, T:]).astype(mx.float32)
+            return main, streams.reshape(T, g, -1)
         out = self.logits(h[0]).astype(mx.float32)
-        return out[:T], out[T:].reshape(T, self.streams.args.num_streams, -1)
+        return out[:T], out[T:].reshape(T, g, -1)
 
     def early_exit_logits(self, tokens: mx.array) -> mx.array:
         """Early-exit (pruning head) logits at every position, (T, V) float32."""

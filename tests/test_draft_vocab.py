@@ -1,0 +1,206 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""Drafting from a vocabulary subset (FR-Spec): output unchanged, drafts in the subset,
+the subset stored with the streams and checked on load."""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from conftest import tiny_config, tiny_hf_tokenizer, tiny_model, wrap
+from test_generate import PROMPT, SHAPES, STREAMS, TREES, OracleDrafter, per_pass, run
+from test_sampling import _chi2_ok
+
+from mlx_specstream.drafters import StreamDrafter, StreamTopK
+from mlx_specstream.errors import ModelFileError
+from mlx_specstream.format import StreamArgs
+from mlx_specstream.format import DRAFT_VOCAB, STREAMS_FILE
+from mlx_specstream.generate import stream_generate
+from mlx_specstream.model_io import load_model, save_model
+from mlx_specstream.replay import replay, stream_candidates
+from mlx_specstream.sample_utils import SamplingArgs, target_logprobs
+from mlx_specstream.tree import Tree, TreeShape
+
+V = 96  # conftest's vocabulary
+
+
+def subset(seed: int, k: int, exclude: Sequence[int] = ()) -> np.ndarray:
+    """``k`` random distinct ids of the tiny vocabulary, none of ``exclude``."""
+    allowed = np.setdiff1d(np.arange(V), np.asarray(exclude, int))
+    return np.random.default_rng(seed).permutation(allowed)[:k]
+
+
+@dataclass
+class Recording:
+    """A stream drafter that keeps every candidate token it was given."""
+
+    inner: StreamDrafter
+    seen: List[int] = field(default_factory=list)
+
+    @property
+    def top_k(self) -> int:
+        return self.inner.top_k
+
+    def draft(
+        self, root: int, streams: Optional[StreamTopK], history: Sequence[int]
+    ) -> Tree:
+        if streams is not None:
+            self.seen += streams.tokens.ravel().tolist()
+        return self.inner.draft(root, streams, history)
+
+
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+@pytest.mark.parametrize("k", [4, 24, V])
+def test_greedy_output_unchanged_by_the_draft_vocabulary(tokenizer, shape, k):
+    model = tiny_model(shape, STREAMS[shape % len(STREAMS)], **SHAPES[shape])
+    plain, _ = run(model, tokenizer, max_tokens=40, speculative=False)
+    model.set_draft_vocab(subset(shape, k))
+    for i, tree in enumerate(TREES):
+        pass_kind = "tree" if (shape + i) % 2 == 0 else "accepted"
+        drafter = Recording(StreamDrafter(tree))
+        spec, _ = run(
+            model, tokenizer, max_tokens=40, drafter=drafter, stream_pass=pass_kind
+        )
+        assert spec == plain, (k, tree, pass_kind)
+        assert drafter.seen and set(drafter.seen) <= set(model.draft_vocab.tolist())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_subset_without_the_answer_tokens_drafts_nothing_right(seed):
+    tok = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
+    model = tiny_model(seed, stream_scale=0.2)
+    plain, _ = run(model, tok, max_tokens=32, speculative=False)
+    model.set_draft_vocab(subset(seed, 40, exclude=plain))
+    spec, rs = run(model, tok, max_tokens=32, tree=TreeShape(budget=8))
+    assert spec == plain
+    assert all(n == 1 for n in per_pass(rs))  # no draft can be accepted
+
+
+@pytest.mark.parametrize("depth", [1, 4])
+def test_oracle_drafts_accepted_with_a_draft_vocabulary(depth):
+    tok = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
+    model = tiny_model(4, **SHAPES[1])
+    plain, _ = run(model, tok, max_tokens=30, speculative=False)
+    model.set_draft_vocab(subset(4, 8, exclude=plain))  # the oracle's tokens are outside
+    drafter = OracleDrafter(plain, len(PROMPT), depth)
+    spec, rs = run(model, tok, max_tokens=30, drafter=drafter)
+    assert spec == plain
+    assert max(per_pass(rs)) == depth + 1
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("quantized", [False, True])
+def test_stream_logits_are_the_full_logits_of_the_subset(tied, quantized):
+    model = tiny_model(2, tie_word_embeddings=tied)
+    if quantized:
+        nn.quantize(model, group_size=32, bits=8)
+    h = mx.random.normal((5, model.args.hidden_size))
+    full = np.array(model.logits(h))
+    ids = subset(2, 17)
+    model.set_draft_vocab(ids)
+    np.testing.assert_allclose(np.array(model.stream_logits(h)), full[:, ids], atol=1e-5)
+    # New head weights are sliced again.
+    head = model.lm_head_module()
+    head.weight = head.weight[::-1] if not quantized else head.weight
+    if not quantized:
+        full = np.array(model.logits(h))
+        np.testing.assert_allclose(
+            np.array(model.stream_logits(h)), full[:, ids], atol=1e-5
+        )
+
+
+def test_replay_with_a_draft_vocabulary_counts_the_decoders_passes():
+    tok = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
+    model = tiny_model(3, stream_scale=0.2)
+    model.set_draft_vocab(subset(3, 30))
+    prompt = [7, 3, 9, 12, 40, 41]
+    shape = TreeShape(budget=6)
+    rs = list(stream_generate(model, tok, prompt, max_tokens=30, tree=shape))
+    seq = prompt + [t for r in rs for t in r.tokens]
+    cands = stream_candidates(model, seq, 6)
+    assert set(cands.tokens.ravel().tolist()) <= set(model.draft_vocab.tolist())
+    passes, _, _ = replay(cands, seq, len(prompt), shape, max_tokens=30)
+    assert passes == rs[-1].forward_calls
+
+
+def test_sampling_with_a_draft_vocabulary_keeps_the_distribution():
+    """The law of generated token 2 equals the model's exact law (test_sampling's
+    end-to-end check) when streams draft from 6 of 16 tokens."""
+    vocab, temp = 16, 0.7
+    tok = wrap(tiny_hf_tokenizer(vocab), eos_token_ids=[])
+    model = tiny_model(
+        7,
+        StreamArgs(num_streams=2, num_stream_layers=1),
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        intermediate_size=64,
+    )
+    prompt, args = [3, 5, 7], SamplingArgs(temp=temp)
+
+    def probs(ids):
+        logits = model(mx.array([ids]))[0, -1:]
+        return np.exp(np.array(target_logprobs(logits, args)))[0]
+
+    p1 = probs(prompt)
+    p2 = sum(p1[t] * probs(prompt + [t]) for t in range(vocab))
+    # The subset holds the likeliest second tokens, so drafts are often accepted.
+    model.set_draft_vocab(np.argsort(-p2)[:6])
+    n, c2, drafted = 500, Counter(), 0
+    mx.random.seed(5)
+    for _ in range(n):
+        rs = list(
+            stream_generate(
+                model, tok, prompt, max_tokens=3, temp=temp, tree=TreeShape(budget=6)
+            )
+        )
+        c2[rs[1].token] += 1
+        drafted += rs[1].from_draft
+    assert _chi2_ok(c2, p2, n)
+    assert drafted > n // 10  # drafts from the subset were accepted
+    top = Counter({int(np.argmax(p2)): n})
+    assert not _chi2_ok(top, p2, n)  # the test has power
+
+
+def test_draft_vocabulary_is_saved_with_the_streams(tmp_path):
+    model = tiny_model(1)
+    ids = subset(1, 20)
+    model.set_draft_vocab(ids)
+    save_model(model, tiny_config(), tmp_path)
+    assert DRAFT_VOCAB in mx.load(str(tmp_path / STREAMS_FILE))
+    loaded = load_model(tmp_path)
+    np.testing.assert_array_equal(loaded.draft_vocab, ids)
+    assert loaded.has_streams
+
+
+def test_streams_without_a_draft_vocabulary_still_load(tmp_path):
+    save_model(tiny_model(1), tiny_config(), tmp_path)
+    assert DRAFT_VOCAB not in mx.load(str(tmp_path / STREAMS_FILE))
+    assert load_model(tmp_path).draft_vocab is None
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (mx.array([1, 2, V], mx.int32), f"id {V} is outside the vocabulary"),
+        (mx.array([-1, 2], mx.int32), "id -1 is outside the vocabulary"),
+        (mx.array([3, 5, 3], mx.int32), "not unique"),
+        (mx.array([[1, 2]], mx.int32), "non-empty 1-D"),
+        (mx.zeros((0,), mx.int32), "non-empty 1-D"),
+        (mx.array([1.0, 2.0]), "integer token ids"),
+    ],
+)
+def test_bad_draft_vocabulary_is_a_clear_error(tmp_path, bad, message):
+    save_model(tiny_model(1), tiny_config(), tmp_path)
+    file = tmp_path / STREAMS_FILE
+    tensors = dict(mx.load(str(file)))
+    tensors[DRAFT_VOCAB] = bad
+    mx.save_safetensors(str(file), tensors)
+    with pytest.raises(ModelFileError, match=message) as e:
+        load_model(tmp_path)
+    assert STREAMS_FILE in str(e.value)
+    with pytest.raises(ValueError, match=message):
+        tiny_model(1).set_draft_vocab(np.array(bad))
