@@ -39,6 +39,8 @@ SUPPORTED_ARCHITECTURES = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "gemma3": "Gemma3ForConditionalGeneration",  # served as its text part
     "phi3": "Phi3ForCausalLM",
 }
 SETTINGS_FILE = "speculative_streaming.json"

@@ -22,7 +22,7 @@ from .format import (
     StreamArgs,
     stream_tensor_shapes,
 )
-from .models import families
+from .models import families, gemma3
 from .models.draft_head import check_draft_vocab
 from .models.llama import Model
 
@@ -34,13 +34,19 @@ ModelLoadError = ModelFileError
 
 
 def normalise_config(config: Dict) -> Dict:
-    """Fold transformers-5 ``rope_parameters`` into ``rope_theta`` / ``rope_scaling``.
+    """Fold transformers-5 ``rope_parameters`` into ``rope_theta`` / ``rope_scaling``
+    (Gemma 3's, keyed by layer type, also into ``rope_local_base_freq``); a
+    multimodal ``gemma3`` config becomes its text model's.
 
     Written this way, a config also loads in mlx-lm.
     """
     config = dict(config)
+    if config.get("model_type") == "gemma3" and "text_config" in config:
+        config = gemma3.text_config(config)
     rope = config.pop("rope_parameters", None)
-    if rope:
+    if rope and gemma3.FULL in rope:
+        gemma3.fold_rope_parameters(config, rope)
+    elif rope:
         config.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
         if rope.get("rope_type", "default") != "default":
             config.setdefault("rope_scaling", rope)

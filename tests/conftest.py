@@ -9,7 +9,8 @@ import pytest
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mlx_specstream.format import StreamArgs
-from mlx_specstream.models.llama import Model, ModelArgs
+from mlx_specstream.models.families import build_model
+from mlx_specstream.models.llama import Model
 
 TINY = dict(
     model_type="llama",
@@ -36,10 +37,13 @@ def tiny_model(
     stream_scale: float = 0.5,
     **overrides,
 ) -> Model:
-    """A random model; stream parameters random too unless ``stream_scale`` is 0."""
+    """A random model of any family (``model_type`` in ``overrides``); stream
+    parameters random too unless ``stream_scale`` is 0."""
     mx.random.seed(seed)
-    args = ModelArgs.from_dict(tiny_config(**overrides))
-    model = Model(args, stream_args or StreamArgs(num_streams=3, num_stream_layers=2))
+    model = build_model(
+        tiny_config(**overrides),
+        stream_args or StreamArgs(num_streams=3, num_stream_layers=2),
+    )
     # Larger embeddings than nn.Embedding's default make logits peaky, so greedy
     # ties are impossible and sampled tests see a non-uniform distribution.
     model.model.embed_tokens.weight = mx.random.normal(

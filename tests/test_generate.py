@@ -36,6 +36,17 @@ SHAPES = [
     dict(model_type="qwen2", num_key_value_heads=1),
     dict(model_type="mistral", num_hidden_layers=3, head_dim=24),
     dict(model_type="qwen3", head_dim=24, tie_word_embeddings=True),
+    # Gemma 3: sliding window 8 (layers 0, 2; layer 2 is a stream layer) past which
+    # the 48 generated tokens run, local RoPE base, linear RoPE scaling on globals.
+    dict(
+        model_type="gemma3_text",
+        head_dim=24,
+        query_pre_attn_scalar=24,
+        sliding_window=8,
+        sliding_window_pattern=2,
+        rope_local_base_freq=100.0,
+        rope_scaling={"rope_type": "linear", "factor": 4.0},
+    ),
     dict(
         rope_scaling={
             "rope_type": "llama3",
@@ -232,3 +243,20 @@ def test_prompt_lookup_drafts_copy_the_prompt_and_stay_lossless():
     plain, _ = run(model, tokenizer, prompt, max_tokens=40, speculative=False)
     spec, rs = run(model, tokenizer, prompt, max_tokens=40, prompt_lookup=True)
     assert spec == plain
+
+
+@pytest.mark.parametrize("prefill_step_size", [512, 5])
+def test_gemma3_prompt_longer_than_the_window(prefill_step_size):
+    """A 20-token prompt (window 8), prefilled whole or in chunks of 5: speculative
+    output equals plain, and the window changes the output (the test has power)."""
+    tokenizer = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
+    gemma = next(s for s in SHAPES if s.get("model_type") == "gemma3_text")
+    prompt = [(11 * i + 4) % 96 for i in range(20)]
+    kw = dict(max_tokens=30, prefill_step_size=prefill_step_size)
+    model = tiny_model(7, STREAMS[1], **gemma)
+    plain, _ = run(model, tokenizer, prompt, speculative=False, **kw)
+    for tree in TREES[:3]:
+        spec, _ = run(model, tokenizer, prompt, tree=tree, **kw)
+        assert spec == plain, tree
+    unwindowed = tiny_model(7, STREAMS[1], **dict(gemma, sliding_window=512))
+    assert run(unwindowed, tokenizer, prompt, speculative=False, **kw)[0] != plain

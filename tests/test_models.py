@@ -84,3 +84,118 @@ def test_early_exit_head_is_identity_at_zero():
 def test_too_many_stream_layers_is_an_error():
     with pytest.raises(ValueError, match="num_stream_layers"):
         tiny_model(0, StreamArgs(num_stream_layers=9))
+
+
+# Gemma 3: two sliding-window layers (window 8) under global ones, a sliding layer
+# among the two stream layers; prompts below run past the window.
+GEMMA3 = dict(
+    model_type="gemma3_text",
+    head_dim=24,
+    query_pre_attn_scalar=24,
+    sliding_window=8,
+    sliding_window_pattern=2,
+    rope_theta=10000.0,
+    rope_local_base_freq=100.0,
+    tie_word_embeddings=False,
+)
+
+
+def tiny_gemma3(seed: int = 0, **overrides):
+    """A tiny Gemma 3 whose (1 + w) norms are not all 1 (w random, not zero)."""
+    from mlx.utils import tree_flatten
+
+    model = tiny_model(seed, ARGS, **{**GEMMA3, **overrides})
+    norms = [
+        (k, 0.3 * mx.random.normal(v.shape))
+        for k, v in tree_flatten(model.parameters())
+        if "norm" in k
+    ]
+    model.load_weights(norms, strict=False)
+    mx.eval(model.parameters())
+    return model
+
+
+def test_gemma3_layers_windows_and_ropes():
+    model = tiny_gemma3()
+    attn = [layer.self_attn for layer in model.layers]
+    assert [a.window for a in attn] == [8, None, 8, None]
+    assert [a.rope.base for a in attn] == [100.0, 10000.0, 100.0, 10000.0]
+    assert attn[0].scale == 24**-0.5
+    # layer_types, where given, win over sliding_window_pattern (as in transformers).
+    types = ["full_attention", "sliding_attention", "sliding_attention"]
+    other = tiny_gemma3(num_hidden_layers=3, layer_types=types)
+    assert [layer.self_attn.window for layer in other.layers] == [None, 8, 8]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_gemma3_equals_mlx_lm_past_the_window(tmp_path, tied):
+    """Prefill (whole, and in chunks at an offset) and one-token decoding beyond the
+    window give mlx-lm's Gemma 3 logits, which uses rotating caches and its masks."""
+    from mlx_lm.utils import load as mlx_lm_load
+
+    from mlx_specstream.model_io import save_model
+    from conftest import tiny_config
+
+    model = tiny_gemma3(1, tie_word_embeddings=tied)
+    config = tiny_config(**{**GEMMA3, "tie_word_embeddings": tied})
+    save_model(model, config, tmp_path)
+    theirs, _ = mlx_lm_load(str(tmp_path))
+    tokens = mx.array([(7 * i + 3) % 96 for i in range(20)])
+    ref_cache = theirs.make_cache()
+    ref = theirs(tokens[None], cache=ref_cache)[0]
+    np.testing.assert_allclose(np.array(model(tokens[None])[0]), np.array(ref), atol=1e-4)
+    # Chunks of 5 (explicit masks at offsets 5, 10, 15) then single tokens.
+    cache = make_cache(model)
+    for s in range(0, 20, 5):
+        out = model(tokens[None, s : s + 5], cache)[0]
+        np.testing.assert_allclose(np.array(out), np.array(ref[s : s + 5]), atol=1e-4)
+    for t in [11, 40, 2, 77, 5, 60, 31, 9, 18, 50]:
+        ours = model(mx.array([[t]]), cache)[0, -1]
+        ref = theirs(mx.array([[t]]), cache=ref_cache)[0, -1]
+        np.testing.assert_allclose(np.array(ours), np.array(ref), atol=1e-4)
+
+
+def test_gemma3_window_hides_old_keys_in_trees_and_streams():
+    """Stream and tree rows see a key iff the base mask allows it and q - k < window."""
+    model = tiny_gemma3()
+    rows = Rows.causal(4, 10, model.streams).with_streams([1, 3])
+    m = np.array(rows.attention_mask(10 + 4 + 6 + 2, 8))
+    base = np.array(rows.attention_mask(10 + 4 + 6 + 2))
+    q = np.array([10, 11, 12, 13, 11, 11, 11, 13, 13, 13])
+    k = np.concatenate([np.arange(10), q, [99, 99]])  # two padding columns
+    np.testing.assert_array_equal(m, base & ((q[:, None] - k[None]) < 8))
+    assert m[:, -2:].sum() == 0 and m.sum() < base.sum()
+    # One-token decoding (no base mask) past the window sees the last 8 keys only.
+    one = np.array(Rows.causal(1, 12, model.streams).attention_mask(13, 8))
+    np.testing.assert_array_equal(one, [[False] * 5 + [True] * 8])
+    assert Rows.causal(1, 6, model.streams).attention_mask(7, 8) is None
+
+
+def test_gemma3_streams_and_early_exit():
+    model = tiny_gemma3(2)
+    tokens = mx.array([(5 * i + 1) % 96 for i in range(14)])
+    main, streams = model.all_stream_logits(tokens)
+    np.testing.assert_allclose(
+        np.array(main), np.array(model(tokens[None])[0]), atol=1e-4
+    )
+    # Streams at t < 9 do not see later tokens, windowed or not.
+    _, prefix = model.all_stream_logits(tokens[:9])
+    np.testing.assert_allclose(np.array(streams[:9]), np.array(prefix), atol=1e-4)
+
+
+@pytest.mark.parametrize("cap", [None, 3.0])
+def test_gemma3_float32_logits_and_softcap(cap):
+    """The float32 head (low-precision models) uses Gemma's (1 + w) final norm."""
+    model = tiny_gemma3(3, final_logit_softcapping=cap)
+    h = mx.random.normal((5, 64))
+    ref = model.logits(h)
+    if cap is not None:
+        assert float(mx.abs(ref).max()) < cap
+    model.set_dtype(mx.bfloat16)
+    low = model.logits(h.astype(mx.bfloat16), float32=True)
+    assert low.dtype == mx.float32
+    np.testing.assert_allclose(np.array(low), np.array(ref), atol=0.1 if cap else 0.5)
+    norm_only = model._final_norm_float32(h)
+    w = 1.0 + model.model.norm.weight.astype(mx.float32)
+    expected = mx.fast.rms_norm(h, w, model.model.norm.eps)
+    np.testing.assert_allclose(np.array(norm_only), np.array(expected), atol=1e-6)

@@ -10,7 +10,7 @@ family runner.
 from typing import Dict, Optional, Tuple, Type
 
 from ..format import StreamArgs
-from . import llama, phi3
+from . import gemma3, llama, phi3
 
 Family = Tuple[Type[llama.ModelArgs], Type[llama.Model]]
 
@@ -19,6 +19,9 @@ FAMILIES: Dict[str, Family] = {
     "mistral": (llama.ModelArgs, llama.Model),
     "qwen2": (llama.ModelArgs, llama.Model),
     "qwen3": (llama.ModelArgs, llama.Model),
+    "gemma3_text": (gemma3.ModelArgs, gemma3.Model),
+    # multimodal Gemma 3: its text part (model_io.normalise_config reads text_config)
+    "gemma3": (gemma3.ModelArgs, gemma3.Model),
     "phi3": (phi3.ModelArgs, phi3.Model),
 }
 

@@ -13,14 +13,13 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.base import BaseModelArgs
-from mlx_lm.models.rope_utils import initialize_rope
 
 from ..format import StreamArgs
 from . import fast_ops
 from .cache import PromptCache, make_prompt_cache
 from .draft_head import DraftHead, check_draft_vocab
 from .msa import Rows
-from .rope import apply_rope
+from .rope import apply_rope, make_rope
 from .streams import StreamParams
 
 
@@ -93,13 +92,17 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(dim, self.n_kv_heads * hd, bias=qkv_bias)
         self.v_proj = nn.Linear(dim, self.n_kv_heads * hd, bias=qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * hd, dim, bias=args.attention_bias)
-        self.rope = initialize_rope(
+        self.rope = make_rope(
             hd,
             args.rope_theta,
             args.rope_traditional,
             args.rope_scaling,
             args.max_position_embeddings,
         )
+        # A family with sliding-window layers (gemma3.py) sets these per layer: the
+        # window (None: attend to everything) and which rope the layer uses.
+        self.window: Optional[int] = None
+        self.rope_kind = "global"
         if args.qk_norm:
             self.q_norm = nn.RMSNorm(hd, eps=args.rms_norm_eps)
             self.k_norm = nn.RMSNorm(hd, eps=args.rms_norm_eps)
@@ -109,7 +112,7 @@ class Attention(nn.Module):
         q = rows.linear(self.q_proj, x, "self_attn.q_proj")
         k = rows.linear(self.k_proj, x, "self_attn.k_proj")
         v = rows.linear(self.v_proj, x, "self_attn.v_proj")
-        tables = rows.rope_tables(self.rope, self.head_dim)
+        tables = rows.rope_tables(self.rope, self.head_dim, self.rope_kind)
         q = q.reshape(1, R, self.n_heads, -1)
         k = k.reshape(1, R, self.n_kv_heads, -1)
         if "q_norm" in self:  # Qwen3: RMSNorm over each head before RoPE
@@ -118,7 +121,8 @@ class Attention(nn.Module):
         k = apply_rope(self.rope, k, rows.positions, tables)
         v = v.reshape(1, R, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         k, v = rows.keys_values(k, v, cache)
-        out = fast_ops.attention(q, k, v, self.scale, rows.attention_mask(k.shape[2]))
+        mask = rows.attention_mask(k.shape[2], self.window)
+        out = fast_ops.attention(q, k, v, self.scale, mask)
         out = out.transpose(0, 2, 1, 3).reshape(1, R, -1)
         return rows.linear(self.o_proj, out, "self_attn.o_proj")
 
@@ -241,10 +245,15 @@ class Model(nn.Module):
             return head.as_linear(h)
         return head(h)
 
+    def _final_norm_float32(self, h: mx.array) -> mx.array:
+        """The final norm in float32 (a family with another norm overrides it)."""
+        norm = self.model.norm
+        f32 = mx.float32
+        return mx.fast.rms_norm(h.astype(f32), norm.weight.astype(f32), norm.eps)
+
     def _logits_float32(self, h: mx.array, head: nn.Module) -> mx.array:
         f32 = mx.float32
-        norm = self.model.norm
-        h = mx.fast.rms_norm(h.astype(f32), norm.weight.astype(f32), norm.eps)
+        h = self._final_norm_float32(h)
         if "scales" in head:  # quantized: the packed weights stay as they are
             biases = head.get("biases")
             out = mx.quantized_matmul(

@@ -11,10 +11,15 @@ Mask over keys ``[cache prefix | L main rows | S stream rows]``:
 
 - main row u: the prefix, and the main rows of u's ancestors and u itself;
 - stream j of anchor a: the prefix, a's ancestors and a, and streams 1..j of a.
+
+A sliding-window layer (Gemma 3) also hides keys ``window`` or more positions behind
+the query (as transformers and mlx-lm do: visible iff ``q - k < window``), with the
+query's RoPE position: prefix keys sit at ``0 .. offset - 1``, tree nodes at their
+node positions, stream rows at their anchor's.
 """
 
 from dataclasses import dataclass, replace
-from typing import Any, List, Optional, Union
+from typing import Any, Dict, Hashable, List, Optional, Union
 
 import mlx.core as mx
 import numpy as np
@@ -36,7 +41,8 @@ class Rows:
     num_stream: int = 0
     layer: int = 0
     _padded: Optional[tuple] = None  # (mask, mask widened by attention_mask)
-    _rope: Optional[tuple] = None  # (positions, tables from rope_tables)
+    _rope: Optional[tuple] = None  # (positions, {kind: tables from rope_tables})
+    _windowed: Optional[tuple] = None  # (mask, {(keys, window): windowed mask})
 
     @classmethod
     def causal(cls, L: int, offset: int, streams: StreamParams) -> "Rows":
@@ -126,17 +132,39 @@ class Rows:
                 K, V = cache.keys[..., :padded, :], cache.values[..., :padded, :]
         return K, V
 
-    def rope_tables(self, rope: Any, head_dim: int) -> Optional[tuple]:
-        """RoPE cos/sin for these rows' positions, made once per pass (all layers
-        share one rope)."""
+    def rope_tables(
+        self, rope: Any, head_dim: int, kind: Hashable = None
+    ) -> Optional[tuple]:
+        """RoPE cos/sin for these rows' positions, made once per pass for each
+        ``kind`` of rope (layers of one kind share one rope: Gemma 3 has a local
+        and a global one)."""
         if isinstance(self.positions, int):
             return None
         if self._rope is None or self._rope[0] is not self.positions:
-            self._rope = (self.positions, rope_tables(rope, self.positions, head_dim))
-        return self._rope[1]
+            self._rope = (self.positions, {})
+        tables: Dict[Hashable, Optional[tuple]] = self._rope[1]
+        if kind not in tables:
+            tables[kind] = rope_tables(rope, self.positions, head_dim)
+        return tables[kind]
 
-    def attention_mask(self, num_keys: int) -> Optional[mx.array]:
-        """The bool mask widened with invisible columns to ``num_keys`` keys."""
+    def row_positions(self) -> np.ndarray:
+        """(R,) RoPE position of every row, main rows first."""
+        if isinstance(self.positions, int):
+            return self.positions + np.arange(self.num_main, dtype=np.int64)
+        # Small (R,) int array built from numpy by the constructors.
+        return np.array(self.positions, dtype=np.int64)
+
+    def attention_mask(
+        self, num_keys: int, window: Optional[int] = None
+    ) -> Optional[Union[mx.array, str]]:
+        """The bool mask widened with invisible columns to ``num_keys`` keys.
+
+        Args:
+            window: a sliding-window layer's window; keys at ``window`` or more
+                positions behind the query are hidden too. None: no window.
+        """
+        if window is not None:
+            return self._windowed_mask(num_keys, window)
         if not isinstance(self.mask, mx.array) or self.mask.shape[1] == num_keys:
             return self.mask
         if self._padded is None or self._padded[0] is not self.mask:
@@ -145,6 +173,31 @@ class Rows:
             )
             self._padded = (self.mask, mx.concatenate([self.mask, pad], axis=1))
         return self._padded[1]
+
+
+    def _windowed_mask(self, num_keys: int, window: int) -> Optional[mx.array]:
+        q = self.row_positions()
+        if q.size == 0 or q.max() < window:  # every key is within the window
+            return self.attention_mask(num_keys)
+        if self._windowed is None or self._windowed[0] is not self.mask:
+            self._windowed = (self.mask, {})
+        masks = self._windowed[1]
+        if (num_keys, window) not in masks:
+            R = q.size
+            # Keys: the cache prefix at 0 .. offset - 1, then this pass's rows; the
+            # columns past them (key-bucket padding) stay hidden by the base mask.
+            k = np.concatenate([np.arange(self.offset, dtype=np.int64), q])
+            band = (q[:, None] - k[None, :]) < window  # (R, offset + R)
+            if isinstance(self.mask, mx.array):
+                base = np.array(self.mask)
+            elif self.mask is None:  # one row that sees the whole cache
+                base = np.ones((R, self.offset + R), bool)
+            else:  # "causal": prefill from position 0
+                base = _with_prefix(np.tril(np.ones((R, R), bool)), self.offset)
+            m = base[:, : self.offset + R] & band
+            pad = np.zeros((R, num_keys - m.shape[1]), bool)
+            masks[(num_keys, window)] = mx.array(np.concatenate([m, pad], axis=1))
+        return masks[(num_keys, window)]
 
 
 def _with_prefix(local: np.ndarray, offset: int) -> np.ndarray:

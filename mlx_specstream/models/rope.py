@@ -2,14 +2,44 @@
 """RoPE at explicit per-row positions (tree nodes and stream rows share a position
 with their anchor), with cos/sin tables made once per pass."""
 
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.rope_utils import initialize_rope
 
 from . import fast_ops
 
 Positions = Union[int, mx.array]
+# The rope_scaling types mlx-lm's initialize_rope builds for a whole-head rotation.
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
+
+
+def make_rope(
+    dims: int,
+    base: float,
+    traditional: bool,
+    scaling: Optional[Dict] = None,
+    max_position_embeddings: Optional[int] = None,
+) -> nn.Module:
+    """mlx-lm's ``initialize_rope``, with a ValueError that says what is wrong with
+    ``rope_scaling`` (an unknown type, a missing field) instead of its bare error."""
+    kind = "default"
+    if scaling is not None:
+        kind = scaling.get("type") or scaling.get("rope_type", "default")
+        if kind not in ROPE_TYPES:
+            raise ValueError(
+                f"unsupported rope_scaling type {kind!r} "
+                f"(supported: {', '.join(ROPE_TYPES)})"
+            )
+    try:
+        return initialize_rope(
+            dims, base, traditional, scaling, max_position_embeddings
+        )
+    except KeyError as e:
+        raise ValueError(f"rope_scaling of type {kind!r} lacks {e}") from None
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise ValueError(f"invalid rope_scaling {scaling!r} ({e})") from None
 
 
 def apply_rope(
