@@ -56,6 +56,21 @@ SHAPES = [
             "original_max_position_embeddings": 64,
         }
     ),
+    # Phi-4-mini: fused projections, RoPE on 12 of 16 dims per head, LongRoPE, tied.
+    dict(
+        model_type="phi3",
+        partial_rotary_factor=0.75,
+        tie_word_embeddings=True,
+        original_max_position_embeddings=16,
+        rope_scaling={
+            "type": "longrope",
+            "short_factor": [1.0 + 0.1 * i for i in range(6)],
+            "long_factor": [1.5 + 0.4 * i for i in range(6)],
+        },
+    ),
+    # Phi-3-mini: full rotation, untied; sliding window 12, which the 48 generated
+    # tokens run past.
+    dict(model_type="phi3", sliding_window=12),
 ]
 STREAMS = [
     StreamArgs(num_streams=3, num_stream_layers=2),
@@ -78,7 +93,11 @@ TREES = [
 ]
 
 
-@pytest.mark.parametrize("shape", range(len(SHAPES)))
+@pytest.mark.parametrize(
+    "shape",
+    range(len(SHAPES)),
+    ids=[f"{i}-{s.get('model_type', 'llama')}" for i, s in enumerate(SHAPES)],
+)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_greedy_lossless_random_streams(tokenizer, shape, seed):
     model = tiny_model(seed, STREAMS[seed % len(STREAMS)], **SHAPES[shape])

@@ -77,9 +77,7 @@ def _qkv(attn: nn.Module, x: torch.Tensor, ad: Callable = _no_adapter) -> tuple:
     ``ad("self_attn.q_proj")`` ...; Phi-3 fuses them in ``qkv_proj`` (q | k | v)."""
     names = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
     if not hasattr(attn, "qkv_proj"):
-        return tuple(
-            _linear(getattr(attn, n.split(".")[1]), x, ad(n)) for n in names
-        )
+        return tuple(_linear(getattr(attn, n.split(".")[1]), x, ad(n)) for n in names)
     q, kv = attn.config.num_attention_heads, attn.num_key_value_heads
     sizes = [q * attn.head_dim, kv * attn.head_dim, kv * attn.head_dim]
     parts = attn.qkv_proj(x).split(sizes, dim=-1)

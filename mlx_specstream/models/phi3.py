@@ -14,7 +14,9 @@
   transformers uses ``short_factor`` while the sequence is within
   ``original_max_position_embeddings``; we follow mlx-lm, so a directory gives
   mlx-lm's logits.
-- ``sliding_window`` is read and ignored, as mlx-lm does (transformers applies it).
+- ``sliding_window``: applied as transformers does (a key ``window`` or more positions
+  behind the query is hidden, ``Rows.attention_mask``), in trees and stream rows too;
+  mlx-lm ignores it, so the two agree only within the window.
 - Untied head by default (Phi-3); Phi-4-mini ties it.
 """
 
@@ -108,7 +110,10 @@ def make_rope(args: ModelArgs) -> nn.Module:
         )
     scale = 1 / args.rope_scaling["factor"] if args.rope_type == "linear" else 1.0
     return nn.RoPE(
-        args.rope_dims, traditional=args.rope_traditional, base=args.rope_theta, scale=scale
+        args.rope_dims,
+        traditional=args.rope_traditional,
+        base=args.rope_theta,
+        scale=scale,
     )
 
 
@@ -145,6 +150,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * hd, dim, bias=False)
         self.rope_dims = args.rope_dims
         self.rope = make_rope(args)
+        self.window = args.sliding_window
 
     def _rope(self, x: mx.array, rows: Rows, tables: Optional[tuple]) -> mx.array:
         """(1, R, heads, head_dim) -> (1, heads, R, head_dim), the first rope_dims rotated."""
@@ -165,7 +171,7 @@ class Attention(nn.Module):
         k = self._rope(k.reshape(1, R, self.n_kv_heads, -1), rows, tables)
         v = v.reshape(1, R, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         k, v = rows.keys_values(k, v, cache)
-        mask = rows.attention_mask(k.shape[2])
+        mask = rows.attention_mask(k.shape[2], self.window)
         out = fast_ops.attention(q, k, v, self.scale, mask)
         out = out.transpose(0, 2, 1, 3).reshape(1, R, -1)
         return rows.linear(self.o_proj, out, "self_attn.o_proj")
