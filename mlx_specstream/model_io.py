@@ -48,8 +48,11 @@ def normalise_config(config: Dict) -> Dict:
         gemma3.fold_rope_parameters(config, rope)
     elif rope:
         config.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
+        if "partial_rotary_factor" in rope:  # Phi-3 / Phi-4-mini; mlx-lm reads it here
+            config.setdefault("partial_rotary_factor", rope["partial_rotary_factor"])
         if rope.get("rope_type", "default") != "default":
-            config.setdefault("rope_scaling", rope)
+            # mlx-lm's phi3 requires "type"; the others read "type" or "rope_type".
+            config.setdefault("rope_scaling", {"type": rope["rope_type"], **rope})
     return config
 
 

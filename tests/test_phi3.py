@@ -127,6 +127,31 @@ def test_our_quantized_dir_loads_in_mlx_lm(hf_phi, tmp_path):
     )
 
 
+@pytest.mark.torch
+def test_transformers5_config_converts_for_mlx_lm(tmp_path):
+    """A config with transformers 5's ``rope_parameters`` only (``rope_type``, no
+    ``type``) converts to a directory mlx-lm reads as LongRoPE: same logits."""
+    pytest.importorskip("transformers")
+    import mlx_lm
+    from helpers_torch import PHI3_DEFAULTS, tiny_hf_phi3
+
+    from mlx_specstream.convert.convert import convert
+
+    rope = {k: v for k, v in PHI3_DEFAULTS["rope_scaling"].items() if k != "type"}
+    path = tiny_hf_phi3(tmp_path, rope_scaling=dict(rope, rope_type="longrope"))
+    written = json.loads((path / "config.json").read_text())
+    assert "rope_scaling" not in written and "type" not in written["rope_parameters"]
+    out = convert(path, tmp_path / "out")
+    lm, _ = mlx_lm.load(str(out))
+    assert type(lm.layers[0].self_attn.rope).__name__ == "SuScaledRoPE"
+    np.testing.assert_allclose(
+        np.array(lm(mx.array([IDS]))),
+        np.array(load_model(out)(mx.array([IDS]))),
+        atol=1e-4,
+        rtol=0,
+    )
+
+
 # ---- Phi-3-mini: untied, whole-head RoPE, sliding window --------------------------
 
 
