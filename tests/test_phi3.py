@@ -246,12 +246,8 @@ def test_bin_checkpoint(hf_phi, tmp_path):
 # ---- training ----------------------------------------------------------------------
 
 
-@pytest.mark.torch
-def test_train_step_runs(hf_phi, tmp_path):
-    """A tiny lossless training run on a Phi: streams learn, the base is untouched,
-    and the trained streams convert to an MLX model equal to the reference."""
-    torch = pytest.importorskip("torch")
-    from mlx_specstream.convert.convert import convert
+def _train(hf_phi, tmp_path, *extra):
+    """A 2-step training run on the tiny Phi; returns (output dir, trained reference)."""
     from mlx_specstream.train.trainer import build_parser, train
 
     words = "the cat sat on a mat and then it ran to the tree".split()
@@ -273,25 +269,62 @@ def test_train_step_runs(hf_phi, tmp_path):
         "--valid", str(tmp_path / "valid.jsonl"), "--out", str(out),
         "--num-streams", "3", "--num-stream-layers", "2", "--batch-size", "4",
         "--anchors", "4", "--insertion-rank", "4", "--prune-rank", "4",
-        "--stream-adapter-rank", "2", "--eval-every", "2", "--save-every", "2",
-        "--threads", "1", "--steps", "2",
+        "--eval-every", "2", "--save-every", "2", "--threads", "1", "--steps", "2",
+        *extra,
     ]  # fmt: skip
     _, trained = train(build_parser().parse_args(argv))
-    trained.eval()
-    sd = trained.streams_state_dict()
-    # b starts at zero: these learned, through their slices of the fused projections
-    assert sd["layers.2.self_attn.k_proj.lora_b"].abs().sum() > 0
-    assert sd["layers.2.mlp.up_proj.lora_b"].abs().sum() > 0
-    mlx_dir = convert(hf_phi, tmp_path / "mlx", streams_path=out)
+    return out, trained.eval()
+
+
+def _assert_mlx_equals_reference(mlx_dir, ref):
+    torch = pytest.importorskip("torch")
     model = load_model(mlx_dir)
-    ids = torch.tensor([IDS])
     with torch.no_grad():
-        main, streams = trained(ids)
+        main, streams = ref(torch.tensor([IDS]))
     got_main, got_streams = model.all_stream_logits(mx.array([IDS]))
     np.testing.assert_allclose(np.array(got_main), main[0].numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(
         np.array(got_streams), streams[0].numpy(), atol=1e-4, rtol=0
     )
+
+
+@pytest.mark.torch
+def test_train_lossless(hf_phi, tmp_path):
+    """A tiny lossless run on a Phi: the stream adapters on parts of the fused
+    projections learn, and the streams convert to an MLX model equal to the
+    reference."""
+    from mlx_specstream.convert.convert import convert
+
+    out, trained = _train(hf_phi, tmp_path, "--stream-adapter-rank", "2")
+    sd = trained.streams_state_dict()
+    # b starts at zero: these learned, through their slices of the fused projections
+    assert sd["layers.2.self_attn.k_proj.lora_b"].abs().sum() > 0
+    assert sd["layers.2.mlp.up_proj.lora_b"].abs().sum() > 0
+    _assert_mlx_equals_reference(
+        convert(hf_phi, tmp_path / "mlx", streams_path=out), trained
+    )
+
+
+@pytest.mark.torch
+def test_train_shared(hf_phi, tmp_path):
+    """Shared mode puts its LoRA on the fused qkv_proj / gate_up_proj (as well as
+    o_proj / down_proj); the adapter merges on conversion to the trained model."""
+    pytest.importorskip("peft")
+    from mlx_specstream.convert.convert import convert
+
+    extra = ("--mode", "shared", "--lora-rank", "4", "--lr", "1e-2")
+    out, trained = _train(hf_phi, tmp_path, *extra)
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert set(adapter["target_modules"]) == {
+        "qkv_proj",
+        "o_proj",
+        "gate_up_proj",
+        "down_proj",
+    }
+    mlx_dir = convert(
+        hf_phi, tmp_path / "mlx", streams_path=out, adapter_path=out / "adapter"
+    )
+    _assert_mlx_equals_reference(mlx_dir, trained)
 
 
 # ---- bad input ---------------------------------------------------------------------

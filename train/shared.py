@@ -18,6 +18,15 @@ from .reference import StreamingReference
 from .examples import Example
 from .state import acceptance_stats
 
+# Phi-3's fused projections holding each adaptable part.
+_FUSED = {
+    "q_proj": "qkv_proj",
+    "k_proj": "qkv_proj",
+    "v_proj": "qkv_proj",
+    "gate_proj": "gate_up_proj",
+    "up_proj": "gate_up_proj",
+}
+
 
 def add_shared_lora(
     ref: StreamingReference, rank: int, alpha: float, modules: Sequence[str]
@@ -29,7 +38,14 @@ def add_shared_lora(
     """
     from peft import LoraConfig, get_peft_model  # optional: shared mode only
 
-    names = sorted({m.split(".")[-1] for m in modules})
+    present = {name.split(".")[-1] for name, _ in ref.hf.named_modules()}
+    # A model with fused projections (Phi-3) adapts the fused module of each part.
+    names = sorted(
+        {
+            n if n in present else _FUSED.get(n, n)
+            for n in (m.split(".")[-1] for m in modules)
+        }
+    )
     config = LoraConfig(
         r=rank, lora_alpha=alpha, target_modules=names, lora_dropout=0.0
     )
