@@ -97,7 +97,7 @@ def read_source(src: Path) -> Source:
 
 def _stream_args(src: Source, streams_dir: Path) -> tuple:
     found = load_streams(streams_dir)
-    n = src.config["num_hidden_layers"]
+    n = normalise_config(src.config)["num_hidden_layers"]  # a multimodal one's text model
     if found is None:
         args = StreamArgs()
         args.num_stream_layers = min(args.num_stream_layers, n)
@@ -198,7 +198,7 @@ def build_converted(
         source.weights, source.origins, model, source.weights_file
     )
     if adapter is not None:
-        weights, n = merge_lora(weights, adapter)
+        weights, n = merge_lora(weights, adapter, getattr(model, "weight_name", None))
         print(f"merged LoRA into {n} modules from {adapter}", file=sys.stderr)
     if stream_tensors is not None:
         stream_tensors = check_stream_weights(stream_tensors, model, streams_dir)

@@ -8,7 +8,7 @@ no rename table for HF checkpoints; GGUF names are mapped in ``gguf.py``.
 import math
 import re
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import mlx.core as mx
 
@@ -126,8 +126,16 @@ def load_adapter(adapter_dir: Path) -> Tuple[Dict, Weights, Path]:
     )
 
 
-def merge_lora(weights: Weights, adapter_dir: Path) -> Tuple[Weights, int]:
+def merge_lora(
+    weights: Weights,
+    adapter_dir: Path,
+    rename: Optional[Callable[[str], Optional[str]]] = None,
+) -> Tuple[Weights, int]:
     """Merge a PEFT LoRA adapter into base weights: ``W += scale * B @ A``.
+
+    ``rename`` maps a checkpoint weight name to the model's (``Model.weight_name``
+    of a family that renames, e.g. multimodal Gemma 3); None from it skips a module
+    the model drops (a vision tower).
 
     ``scale = lora_alpha / r`` (``lora_alpha / sqrt(r)`` with ``use_rslora``); the
     rank and alpha of a module may be overridden by ``rank_pattern`` /
@@ -148,7 +156,7 @@ def merge_lora(weights: Weights, adapter_dir: Path) -> Tuple[Weights, int]:
         pairs.setdefault(m.group(1), {})[m.group(2)] = v
     if not pairs:
         raise ConvertError(file, "no LoRA tensors in the adapter")
-    weights = dict(weights)
+    weights, skipped = dict(weights), 0
     for module, ab in sorted(pairs.items()):
         if set(ab) != {"A", "B"}:
             raise ConvertError(
@@ -160,6 +168,11 @@ def merge_lora(weights: Weights, adapter_dir: Path) -> Tuple[Weights, int]:
                 f"module {module!r} is not in target_modules of adapter_config.json",
             )
         name = f"{module}.weight"
+        if rename is not None:
+            name = rename(name)
+            if name is None:  # outside the model that is converted
+                skipped += 1
+                continue
         if name not in weights:
             raise ConvertError(
                 file,
@@ -182,4 +195,4 @@ def merge_lora(weights: Weights, adapter_dir: Path) -> Tuple[Weights, int]:
         scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
         delta = (b.astype(mx.float32) @ a.astype(mx.float32)) * scale
         weights[name] = (w.astype(mx.float32) + delta).astype(w.dtype)
-    return weights, len(pairs)
+    return weights, len(pairs) - skipped

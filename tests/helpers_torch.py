@@ -92,7 +92,9 @@ def save_tiny_tokenizer(path: Path, vocab_size: int) -> None:
     fast.save_pretrained(str(path))
 
 
-def _save_model(model_cls, config_cls, path: Path, params: Dict, seed: int) -> Path:
+def _save_model(
+    model_cls, config_cls, path: Path, params: Dict, seed: int, norm_center: float = 1.0
+) -> Path:
     import torch
 
     torch.manual_seed(seed)
@@ -103,7 +105,7 @@ def _save_model(model_cls, config_cls, path: Path, params: Dict, seed: int) -> P
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+                p.copy_(norm_center + 0.1 * torch.randn_like(p))
             elif name.endswith("bias"):
                 p.copy_(0.1 * torch.randn_like(p))
             else:
@@ -251,6 +253,83 @@ def tiny_hf_phi3(
     return _save_model(Phi3ForCausalLM, Phi3Config, Path(tmp_path) / name, params, seed)
 
 
+# Gemma 3: three layers, sliding window 8 on layers 0 and 2, layer 1 global (the two
+# stream layers of Ns = 2 hold one of each), a local RoPE base unlike the global
+# one, tied embeddings; the tests' prompts and generations run past the window.
+GEMMA3_DEFAULTS = dict(
+    QWEN2_DEFAULTS,
+    head_dim=24,
+    query_pre_attn_scalar=24,
+    sliding_window=8,
+    sliding_window_pattern=2,
+    rope_theta=10000.0,
+    rope_local_base_freq=100.0,
+    rms_norm_eps=1e-6,
+)
+# What Hub checkpoints of Gemma 3 carry besides transformers-5's rope_parameters and
+# layer_types; mlx-lm (and so mlx_lm.convert) reads only these.
+_GEMMA3_HUB_FIELDS = ("sliding_window_pattern", "rope_theta", "rope_local_base_freq")
+
+
+def tiny_hf_gemma3(
+    tmp_path: Path, seed: int = 0, name: str = "gemma3", **overrides
+) -> Path:
+    """Save a random tiny ``Gemma3ForCausalLM`` and tokenizer; ``overrides`` replace
+    ``GEMMA3_DEFAULTS``. config.json also gets the Hub's mlx-lm-readable fields."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    params = dict(GEMMA3_DEFAULTS, **overrides)
+    # Gemma's norms scale by (1 + w): w near 0 keeps them near 1, as for the others.
+    path = _save_model(
+        Gemma3ForCausalLM, Gemma3TextConfig, Path(tmp_path) / name, params, seed, 0.0
+    )
+    config = json.loads((path / "config.json").read_text())
+    config.update({k: params[k] for k in _GEMMA3_HUB_FIELDS if k in params})
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    return path
+
+
+def tiny_hf_gemma3_multimodal(
+    tmp_path: Path, seed: int = 0, name: str = "gemma3_mm", **overrides
+) -> Path:
+    """Save a random tiny ``Gemma3ForConditionalGeneration`` (model_type ``gemma3``:
+    the text model of ``tiny_hf_gemma3`` under ``model.language_model``, a one-layer
+    SigLIP vision tower and the projector) and tokenizer."""
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
+
+    params = dict(GEMMA3_DEFAULTS, **overrides)
+    vision = SiglipVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
+
+    def config_cls(**p):
+        # Image tokens at the top of the tiny vocabulary, never in test prompts.
+        return Gemma3Config(
+            text_config=Gemma3TextConfig(**p),
+            vision_config=vision,
+            mm_tokens_per_image=4,
+            boi_token_index=93,
+            eoi_token_index=94,
+            image_token_index=95,
+            eos_token_id=p["eos_token_id"],
+            tie_word_embeddings=p["tie_word_embeddings"],
+        )
+
+    return _save_model(
+        Gemma3ForConditionalGeneration, config_cls, Path(tmp_path) / name, params, seed, 0.0
+    )
+
+
 # The family runner: every family's tiny HF builder, keyed by model_type. The HF
 # parity, reference and conversion tests run each check on each entry, so a new family
 # is its builder and a line here (and an MLX shape in test_generate.SHAPES).
@@ -260,4 +339,5 @@ HF_FAMILIES = {
     # seed 0's greedy answer to test_convert's prompt hits EOS after 8 tokens
     "qwen3": partial(tiny_hf_qwen3, seed=1),
     "phi3": tiny_hf_phi3,
+    "gemma3_text": tiny_hf_gemma3,
 }

@@ -27,7 +27,8 @@ def test_plain_and_speculative_greedy_equal_transformers(tmp_path, family, seed)
             torch.tensor([PROMPT]),
             max_new_tokens=24,
             do_sample=False,
-            min_new_tokens=24,
+            # No EOS (min_new_tokens would suppress its logit, which we do not).
+            eos_token_id=None,
             pad_token_id=0,
         )[0, len(PROMPT) :].tolist()
     model, tokenizer = load(path)

@@ -124,10 +124,19 @@ def _brute_force_streams(ref: StreamingReference, ids: torch.Tensor) -> torch.Te
     mask = (is_main[:, None] & key_main) | (
         (~is_main[:, None]) & (key_main | key_stream)
     )
-    cos, sin = hf.model.rotary_emb(x[None], anchor[None])
+    rot = hf.model.rotary_emb
+    if isinstance(rot.rope_type, dict):  # Gemma 3: a rope per layer type
+        ropes = {kind: rot(x[None], anchor[None], kind) for kind in rot.rope_type}
+    else:
+        cos, sin = rot(x[None], anchor[None])
     for i in range(ref.first_layer, len(hf.model.layers)):
         layer = hf.model.layers[i]
         att = layer.self_attn
+        if isinstance(rot.rope_type, dict):
+            cos, sin = ropes[hf.config.layer_types[i]]
+        layer_mask = mask
+        if getattr(att, "sliding_window", None):  # Gemma 3: q - k < window
+            layer_mask = mask & ((anchor[:, None] - anchor[None, :]) < att.sliding_window)
 
         def extra(inp, name):
             a, b = sd[f"layers.{i}.{name}.lora_a"], sd[f"layers.{i}.{name}.lora_b"]
@@ -157,11 +166,11 @@ def _brute_force_streams(ref: StreamingReference, ids: torch.Tensor) -> torch.Te
         rep = q.shape[1] // k.shape[1]
         k, v = k[0].repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)
         w = (q[0] @ k.transpose(1, 2)) * att.scaling
-        o = torch.softmax(w.masked_fill(~mask, float("-inf")), -1) @ v
-        x = x + lin(
-            att.o_proj, o.transpose(0, 1).reshape(len(x), -1), "self_attn.o_proj"
-        )
-        hn = layer.post_attention_layernorm(x)
+        o = torch.softmax(w.masked_fill(~layer_mask, float("-inf")), -1) @ v
+        a = lin(att.o_proj, o.transpose(0, 1).reshape(len(x), -1), "self_attn.o_proj")
+        gemma = hasattr(layer, "post_feedforward_layernorm")  # norms after too
+        x = x + (layer.post_attention_layernorm(a) if gemma else a)
+        hn = (layer.pre_feedforward_layernorm if gemma else layer.post_attention_layernorm)(x)
         mlp = layer.mlp
         if hasattr(mlp, "gate_up_proj"):  # Phi-3: gate | up fused
             gate, up = mlp.gate_up_proj(hn).chunk(2, dim=-1)
@@ -170,7 +179,8 @@ def _brute_force_streams(ref: StreamingReference, ids: torch.Tensor) -> torch.Te
         else:
             act = mlp.act_fn(lin(mlp.gate_proj, hn, "mlp.gate_proj"))
             hidden = act * lin(mlp.up_proj, hn, "mlp.up_proj")
-        x = x + lin(mlp.down_proj, hidden, "mlp.down_proj")
+        out = lin(mlp.down_proj, hidden, "mlp.down_proj")
+        x = x + (layer.post_feedforward_layernorm(out) if gemma else out)
     return ref.logits(x[t:]).view(t, g, -1)
 
 

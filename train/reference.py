@@ -61,6 +61,33 @@ def _qk_norm(attn: nn.Module, q: torch.Tensor, k: torch.Tensor) -> tuple:
     return q, k
 
 
+def _window_band(attn: nn.Module, q_pos: torch.Tensor, t: int) -> Optional[torch.Tensor]:
+    """A sliding-window layer's (Gemma 3) band: key s visible to a query at RoPE
+    position q iff q - s < window (transformers' rule); None for a global layer.
+
+    Args:
+        q_pos: (..., A) query positions; keys are at 0..t-1. Returns (..., A, t).
+    """
+    w = getattr(attn, "sliding_window", None)
+    if w is None:
+        return None
+    return (q_pos[..., None] - torch.arange(t, device=q_pos.device)) < w
+
+
+def _residual_out(
+    layer: nn.Module, h: torch.Tensor, attn_out: torch.Tensor, mlp: Callable
+) -> torch.Tensor:
+    """The block's residual adds: Llama's, or Gemma 3's with norms after attention
+    and the MLP too (``mlp`` maps the normed state to the MLP output)."""
+    if hasattr(layer, "post_feedforward_layernorm"):  # Gemma 3
+        h = h + layer.post_attention_layernorm(attn_out)
+        return h + layer.post_feedforward_layernorm(
+            mlp(layer.pre_feedforward_layernorm(h))
+        )
+    h = h + attn_out
+    return h + mlp(layer.post_attention_layernorm(h))
+
+
 def _linear(
     mod: nn.Module, x: torch.Tensor, adapter: Optional[LowRank]
 ) -> torch.Tensor:
@@ -274,8 +301,11 @@ class StreamingReference(nn.Module):
         return mods[key] if mods is not None and key in mods else None
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Final norm and LM head (shared by main rows and streams)."""
-        return self.hf.lm_head(self.hf.model.norm(x))
+        """Final norm and LM head (shared by main rows and streams), soft-capped
+        where the config says (Gemma 3's ``final_logit_softcapping``)."""
+        out = self.hf.lm_head(self.hf.model.norm(x))
+        cap = getattr(self.hf.config, "final_logit_softcapping", None)
+        return out if cap is None else torch.tanh(out / cap) * cap
 
     def insert_streams(self, m: torch.Tensor) -> torch.Tensor:
         """Eq. 3 with f = I + low rank: anchors (..., h) -> streams (..., γ, h)."""
@@ -298,6 +328,13 @@ class StreamingReference(nn.Module):
         once the sequence passes ``original_max_position_embeddings``.
         """
         rot = self.hf.model.rotary_emb
+        if isinstance(getattr(rot, "rope_type", None), dict):
+            # Gemma 3: one rope per layer type, {layer type: cos} and {layer type: sin}
+            both = {kind: rot(x, pos, kind) for kind in rot.rope_type}
+            return (
+                {k: c for k, (c, _) in both.items()},
+                {k: s for k, (_, s) in both.items()},
+            )
         if getattr(rot, "rope_type", None) != "longrope":
             return rot(x, pos)
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # slow import
@@ -324,11 +361,21 @@ class StreamingReference(nn.Module):
                 f"sequence of {t} tokens exceeds the sliding window {w} (unsupported)"
             )
 
+    def _layer_rope(self, i: int, cos, sin) -> tuple:
+        """Layer ``i``'s RoPE (cos, sin): ``rotary`` gives Gemma 3 one per layer type."""
+        if isinstance(cos, dict):
+            kind = self.hf.config.layer_types[i]
+            return cos[kind], sin[kind]
+        return cos, sin
+
     def _main_layer(
         self, layer: nn.Module, h, cos, sin, mask
     ) -> Tuple[torch.Tensor, KV]:
         """One decoder layer on main rows; also returns its post-RoPE K/V (B, Hkv, T, d)."""
         attn, (b, t, _) = layer.self_attn, h.shape
+        band = _window_band(attn, torch.arange(t, device=h.device), t)
+        if band is not None:  # a query row always sees itself (q - q = 0)
+            mask = mask & band
         x = layer.input_layernorm(h)
         q, k, v = _qkv(attn, x)
         q = q.view(b, t, -1, attn.head_dim)
@@ -341,8 +388,7 @@ class StreamingReference(nn.Module):
         o = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask.unsqueeze(1), scale=attn.scaling, enable_gqa=True
         )
-        h = h + attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))
-        h = h + layer.mlp(layer.post_attention_layernorm(h))
+        h = _residual_out(layer, h, attn.o_proj(o.transpose(1, 2).reshape(b, t, -1)), layer.mlp)
         return h, (k, v)
 
     def stream_layer(
@@ -362,6 +408,13 @@ class StreamingReference(nn.Module):
         b, a, g, _ = s.shape
         k_main, v_main = kv
         hkv, d = k_main.shape[1], attn.head_dim
+        cos, sin = self._layer_rope(i, cos, sin)
+        t = k_main.shape[2]
+        # An anchor's position is its last visible main key (key_ok is causal).
+        anchor_pos = (key_ok * torch.arange(t, device=s.device)).amax(-1)  # (B, A)
+        band = _window_band(attn, anchor_pos, t)
+        if band is not None:
+            key_ok = key_ok & band
         x = layer.input_layernorm(s)
         q, k, v = _qkv(attn, x, ad)
         q, k = q.view(b, a, g, hkv, -1, d), k.view(b, a, g, hkv, d)
@@ -380,10 +433,13 @@ class StreamingReference(nn.Module):
         pm, ps = p.split([sm.shape[-1], g], dim=-1)
         o = torch.einsum("bagkrt,bktd->bagkrd", pm, v_main)
         o = o + torch.einsum("bagkrh,bahkd->bagkrd", ps, v)
-        s = s + _linear(attn.o_proj, o.reshape(b, a, g, -1), ad("self_attn.o_proj"))
-        x = layer.post_attention_layernorm(s)
         mlp = layer.mlp
-        return s + _linear(mlp.down_proj, _gated(mlp, x, ad), ad("mlp.down_proj"))
+        return _residual_out(
+            layer,
+            s,
+            _linear(attn.o_proj, o.reshape(b, a, g, -1), ad("self_attn.o_proj")),
+            lambda x: _linear(mlp.down_proj, _gated(mlp, x, ad), ad("mlp.down_proj")),
+        )
 
     def main_pass(
         self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
@@ -416,7 +472,7 @@ class StreamingReference(nn.Module):
         for i, layer in enumerate(self.hf.model.layers):
             if i == self.first_layer:
                 m = h
-            h, kv = self._main_layer(layer, h, cos, sin, mask)
+            h, kv = self._main_layer(layer, h, *self._layer_rope(i, cos, sin), mask)
             if i >= self.first_layer:
                 kvs.append(kv)
         return h, m, kvs, (cos, sin), mask

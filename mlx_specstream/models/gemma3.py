@@ -218,17 +218,18 @@ class Model(llama.Model):
         f32 = mx.float32
         return mx.fast.rms_norm(h.astype(f32), 1.0 + norm.weight.astype(f32), norm.eps)
 
+    @staticmethod
+    def weight_name(key: str) -> Optional[str]:
+        """A Hugging Face / mlx-lm weight name as ours; None for a multimodal
+        checkpoint's vision tower and projector, which are dropped."""
+        if key.startswith(_DROPPED_PREFIXES):
+            return None
+        for prefix, to in _TEXT_PREFIXES.items():
+            if key.startswith(prefix):
+                return to + key[len(prefix) :]
+        return key
+
     def sanitize(self, weights: Dict[str, mx.array]) -> Dict[str, mx.array]:
-        """Hugging Face / mlx-lm names -> ours; a multimodal checkpoint's vision
-        tower and projector are dropped."""
-        out = {}
-        for k, v in weights.items():
-            if k.startswith(_DROPPED_PREFIXES):
-                continue
-            for prefix, to in _TEXT_PREFIXES.items():
-                if k.startswith(prefix):
-                    k = to + k[len(prefix) :]
-                    break
-            out[k] = v
-        return super().sanitize(out)
+        renamed = ((self.weight_name(k), v) for k, v in weights.items())
+        return super().sanitize({k: v for k, v in renamed if k is not None})
 

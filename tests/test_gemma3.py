@@ -1,0 +1,251 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""Gemma 3 beyond the family runner: the window's power in HF parity, the multimodal
+checkpoint's text part, .bin / PEFT conversion, mlx_lm.convert's quantized output,
+transformers-5 configs, and bad configs."""
+
+import json
+import shutil
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_specstream.errors import ModelFileError
+from mlx_specstream.model_io import load_model, normalise_config
+from mlx_specstream.tree import TreeShape
+from mlx_specstream.utils import load
+
+PROMPT = [5, 9, 14, 20, 31, 7, 40, 22, 13, 3, 18]  # longer than the window (8)
+
+
+def _greedy(model, tokenizer, prompt, n, **kw):
+    from mlx_specstream.generate import stream_generate
+
+    tokenizer.eos_token_ids = []
+    return [
+        t
+        for r in stream_generate(model, tokenizer, prompt, max_tokens=n, **kw)
+        for t in r.tokens
+    ]
+
+
+def test_transformers_5_config_folds_for_mlx_lm():
+    """rope_parameters keyed by layer type and layer_types (transformers 5) become
+    the fields mlx-lm reads; a multimodal config becomes its text model's."""
+    text = {
+        "model_type": "gemma3_text",
+        "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+        "rope_parameters": {
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        },
+    }
+    got = normalise_config(text)
+    assert got["rope_theta"] == 1e6 and got["rope_local_base_freq"] == 1e4
+    assert got["rope_scaling"]["factor"] == 8.0 and got["sliding_window_pattern"] == 6
+    odd = dict(text, layer_types=["full_attention", "sliding_attention"] * 3)
+    assert "sliding_window_pattern" not in normalise_config(odd)  # not periodic
+    mm = {
+        "model_type": "gemma3",
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "text_config": text,
+        "vision_config": {"hidden_size": 16},
+        "eos_token_id": [1, 106],
+        "quantization": {"bits": 4, "group_size": 64},
+    }
+    got = normalise_config(mm)
+    assert got["model_type"] == "gemma3_text" and "vision_config" not in got
+    assert got["architectures"] == ["Gemma3ForCausalLM"]
+    assert got["eos_token_id"] == [1, 106] and got["quantization"]["bits"] == 4
+
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from helpers_torch import tiny_hf_gemma3, tiny_hf_gemma3_multimodal  # noqa: E402
+
+from mlx_specstream.convert.convert import convert  # noqa: E402
+from mlx_specstream.convert.errors import ConvertError  # noqa: E402
+
+
+def _hf_greedy(path, prompt, n, cls=None):
+    from transformers import AutoModelForCausalLM
+
+    hf = (cls or AutoModelForCausalLM).from_pretrained(path, dtype=torch.float32)
+    with torch.no_grad():
+        out = hf.eval().generate(
+            torch.tensor([prompt]),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[0, len(prompt) :].tolist()
+
+
+@pytest.mark.torch
+def test_hf_parity_needs_the_window(tmp_path):
+    """Greedy parity with transformers holds with the window, and fails without it
+    (so the family runner's parity test has power)."""
+    path = tiny_hf_gemma3(tmp_path)
+    want = _hf_greedy(path, PROMPT, 24)
+    model, tokenizer = load(path)
+    assert _greedy(model, tokenizer, PROMPT, 24, speculative=False) == want
+    assert _greedy(model, tokenizer, PROMPT, 24, tree=TreeShape(budget=8)) == want
+    for layer in model.layers:
+        layer.self_attn.window = None
+    assert _greedy(model, tokenizer, PROMPT, 24, speculative=False) != want
+
+
+@pytest.mark.torch
+def test_multimodal_checkpoint_converts_to_its_text_model(tmp_path):
+    """A Gemma3ForConditionalGeneration directory converts to a gemma3_text MLX
+    directory (vision tower and projector dropped) that decodes as transformers does
+    on text, loads in mlx-lm, and reads the same from the original directory."""
+    import mlx_lm
+    from transformers import Gemma3ForConditionalGeneration
+
+    src = tiny_hf_gemma3_multimodal(tmp_path)
+    want = _hf_greedy(src, PROMPT, 20, Gemma3ForConditionalGeneration)
+    out = convert(src, tmp_path / "out")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "gemma3_text" and "vision_config" not in config
+    names = set(mx.load(str(out / "model.safetensors")))
+    assert not any("vision" in k or "projector" in k for k in names)
+    model, tokenizer = load(out)
+    assert _greedy(model, tokenizer, PROMPT, 20, speculative=False) == want
+    assert _greedy(model, tokenizer, PROMPT, 20, tree=TreeShape(budget=8)) == want
+    lm, _ = mlx_lm.load(str(out))
+    ids = mx.array([PROMPT])
+    np.testing.assert_allclose(np.array(lm(ids)), np.array(model(ids)), atol=1e-5)
+    direct, _ = load(src)  # the HF directory itself
+    np.testing.assert_allclose(np.array(direct(ids)), np.array(model(ids)), atol=1e-6)
+
+
+@pytest.mark.torch
+def test_bin_checkpoint_and_peft_adapter(tmp_path):
+    """pytorch_model.bin converts to the same model; a PEFT LoRA merges as PEFT's
+    merge_and_unload does (on the text model of a multimodal checkpoint too, whose
+    vision modules the adapter may also target)."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM, Gemma3ForConditionalGeneration
+
+    ids = mx.array([PROMPT])
+    src = tiny_hf_gemma3(tmp_path)
+    hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    other = tmp_path / "bin"
+    other.mkdir()
+    shutil.copy(src / "config.json", other / "config.json")
+    torch.save(hf.state_dict(), other / "pytorch_model.bin")
+    a = load_model(convert(src, tmp_path / "a"))(ids)
+    b = load_model(convert(other, tmp_path / "b"))(ids)
+    assert float(mx.abs(a - b).max()) <= 1e-6
+
+    for make, cls in (
+        (tiny_hf_gemma3, AutoModelForCausalLM),
+        (tiny_hf_gemma3_multimodal, Gemma3ForConditionalGeneration),
+    ):
+        src = make(tmp_path / "peft")
+        base = cls.from_pretrained(src, dtype=torch.float32)
+        cfg = peft.LoraConfig(
+            r=4,
+            lora_alpha=8,
+            # also SigLIP's q_proj / v_proj: skipped with the vision tower
+            target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
+            init_lora_weights=False,
+        )
+        torch.manual_seed(1)
+        lora = peft.get_peft_model(base, cfg)
+        lora.save_pretrained(tmp_path / "adapter" / src.name)
+        merged = lora.merge_and_unload().eval()
+        with torch.no_grad():
+            want = merged(torch.tensor([PROMPT])).logits[0].numpy()
+        out = convert(
+            src, tmp_path / f"merged_{src.name}", adapter_path=tmp_path / "adapter" / src.name
+        )
+        got = np.array(load_model(out)(ids)[0])
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("bits", [4, 8])
+def test_mlx_lm_quantized_directory(tmp_path, bits):
+    """mlx_lm.convert -q of the tiny Gemma loads with ours: plain greedy equals
+    mlx-lm's own greedy on the same directory, and speculative equals plain."""
+    import mlx_lm
+    from mlx_lm.convert import convert as mlx_lm_convert
+    from mlx_lm.sample_utils import make_sampler
+
+    src = tiny_hf_gemma3(tmp_path)
+    out = tmp_path / f"q{bits}"
+    mlx_lm_convert(str(src), str(out), quantize=True, q_bits=bits, q_group_size=32)
+    assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == bits
+    lm, lm_tok = mlx_lm.load(str(out))
+    want = [
+        r.token
+        for r in mlx_lm.stream_generate(
+            lm, lm_tok, PROMPT, max_tokens=24, sampler=make_sampler(0.0)
+        )
+    ]
+    model, tokenizer = load(out)
+    assert type(model.layers[0].self_attn.q_proj).__name__ == "QuantizedLinear"
+    plain = _greedy(model, tokenizer, PROMPT, 24, speculative=False)
+    # mlx-lm stops at EOS; up to there the answers agree.
+    assert plain[: len(want)] == want and len(want) >= 8
+    assert _greedy(model, tokenizer, PROMPT, 24, tree=TreeShape(budget=8)) == plain
+
+
+def _edit_config(path, **changes):
+    f = path / "config.json"
+    config = json.loads(f.read_text())
+    for k, v in changes.items():
+        if v is None:
+            config.pop(k, None)
+        else:
+            config[k] = v
+    f.write_text(json.dumps(config))
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(sliding_window=512), r"sliding_window \(512\) exceeds max_position_embeddings"),
+        (dict(sliding_window=0), "sliding_window must be a positive integer"),
+        (
+            dict(rope_scaling={"rope_type": "wavy", "factor": 2.0}),
+            "unsupported rope_scaling type 'wavy'",
+        ),
+        (dict(rope_scaling={"rope_type": "linear"}), "lacks 'factor'"),
+        (dict(layer_types=["full_attention"] * 2), "layer_types must give 3 entries"),
+        (dict(attn_logit_softcapping=50.0), "attn_logit_softcapping"),
+        (dict(head_dim=16), "has shape"),
+        (dict(num_hidden_layers=4, layer_types=None), "missing tensor"),
+    ],
+)
+def test_bad_configs_fail_with_one_clear_line(tmp_path, changes, message):
+    """Each bad config.json is refused naming its file; convert writes nothing."""
+    src = tiny_hf_gemma3(tmp_path)
+    if "rope_scaling" in changes or "sliding_window" in changes:
+        changes = dict(changes, rope_parameters=None)  # read the Hub fields
+    _edit_config(src, **changes)
+    for call in (lambda: load_model(src), lambda: convert(src, tmp_path / "out")):
+        with pytest.raises(ModelFileError, match=message) as e:
+            call()
+        assert "\n" not in str(e.value)
+        assert str(src) in str(e.value)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [src.name]  # no temp dirs either
+
+
+@pytest.mark.torch
+def test_unknown_rope_scaling_type_for_every_family(tmp_path):
+    """mlx-lm's bare rope error becomes a clear one naming config.json (Llama here)."""
+    from helpers_torch import tiny_hf_llama
+
+    src = tiny_hf_llama(tmp_path)
+    _edit_config(src, rope_parameters=None, rope_scaling={"type": "wavy", "factor": 2})
+    with pytest.raises(ConvertError, match=r"config.json: .*'wavy'"):
+        convert(src, tmp_path / "out")
+    with pytest.raises(ModelFileError, match=r"config.json: unsupported rope_scaling"):
+        load_model(src)
