@@ -59,6 +59,35 @@ def test_transformers_5_config_folds_for_mlx_lm():
     assert got["eos_token_id"] == [1, 106] and got["quantization"]["bits"] == 4
 
 
+
+def test_sparse_hub_multimodal_config_takes_gemma_defaults():
+    """Hub configs of the multimodal models give text_config only a few fields; the
+    rest are transformers' Gemma3TextConfig defaults (as mlx-lm assumes too)."""
+    from mlx_specstream.models.families import build_model
+
+    config = {
+        "model_type": "gemma3",
+        "text_config": {
+            "model_type": "gemma3_text",
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 6,
+            "sliding_window": 8,
+            "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+        },
+        "vision_config": {},
+    }
+    model = build_model(normalise_config(config))
+    a = model.args
+    assert (a.num_attention_heads, a.num_key_value_heads, a.head_dim) == (8, 4, 256)
+    assert a.vocab_size == 262_208 and a.rms_norm_eps == 1e-6
+    attn = [layer.self_attn for layer in model.layers]
+    assert [x.window for x in attn] == [8] * 5 + [None]
+    assert attn[0].rope.scale == 1.0 and attn[0].rope.base == 10_000.0
+    assert attn[5].rope.scale == 1 / 8 and attn[5].rope.base == 1_000_000.0
+    assert attn[0].scale == 256**-0.5
+
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
@@ -219,6 +248,7 @@ def _edit_config(path, **changes):
         (dict(rope_scaling={"rope_type": "linear"}), "lacks 'factor'"),
         (dict(layer_types=["full_attention"] * 2), "layer_types must give 3 entries"),
         (dict(attn_logit_softcapping=50.0), "attn_logit_softcapping"),
+        (dict(use_bidirectional_attention=True), "use_bidirectional_attention"),
         (dict(head_dim=16), "has shape"),
         (dict(num_hidden_layers=4, layer_types=None), "missing tensor"),
     ],
@@ -249,3 +279,94 @@ def test_unknown_rope_scaling_type_for_every_family(tmp_path):
         convert(src, tmp_path / "out")
     with pytest.raises(ModelFileError, match=r"config.json: unsupported rope_scaling"):
         load_model(src)
+
+
+@pytest.mark.torch
+def test_training_runs_on_gemma(tmp_path):
+    """The efficient lossless path (cached K/V, anchors past the window) equals the
+    reference, and a short training run learns streams and leaves the base alone."""
+    from helpers_torch import write_random_streams
+    from test_train import SMALL, _records
+
+    from mlx_specstream.format import StreamArgs
+    from mlx_specstream.train import lossless
+    from mlx_specstream.train.examples import Example
+    from mlx_specstream.train.reference import StreamingReference
+    from mlx_specstream.train.trainer import build_parser, train
+
+    path = tiny_hf_gemma3(tmp_path, num_hidden_layers=4)
+    write_random_streams(
+        path,
+        StreamArgs(
+            num_streams=3,
+            num_stream_layers=2,
+            stream_adapter_rank=4,
+            insertion_rank=4,
+            prune_rank=4,
+        ),
+        scale=0.2,
+    )
+    ref = StreamingReference.from_pretrained(path).eval()
+    rng = np.random.default_rng(0)
+    exs = [Example(rng.integers(3, 96, n), np.arange(n) >= 3) for n in (15, 11)]
+    caches = [lossless.build_cache(ref, e, 8, torch.float32) for e in exs]
+    anchors = [np.array([2, 9, 12]), np.array([4, 10])]
+    with torch.no_grad():
+        fast = lossless.efficient_stream_logits(ref, caches, anchors)
+        for r, e in enumerate(exs):
+            _, full = ref(torch.as_tensor(e.ids)[None])
+            diff = (full[0, anchors[r]] - fast[r, : len(anchors[r])]).abs().max()
+            assert diff < 1e-4
+
+    base = tiny_hf_gemma3(tmp_path / "base", num_hidden_layers=4)
+    for name, n, seed in (("train", 8, 0), ("valid", 4, 1)):
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in _records(n, seed))
+        )
+    out = tmp_path / "out"
+    argv = ["--model", str(base), "--train", str(tmp_path / "train.jsonl")]
+    argv += ["--valid", str(tmp_path / "valid.jsonl"), "--out", str(out), *SMALL]
+    summary, trained = train(build_parser().parse_args(argv + ["--steps", "2"]))
+    assert summary["steps_run"] == 2
+    fresh = StreamingReference.from_pretrained(base, trained.args).eval()
+    for k, v in fresh.hf.state_dict().items():
+        assert torch.equal(v, trained.hf.state_dict()[k]), k
+    fresh.load_streams(out)
+    assert fresh.streams_state_dict()["layers.3.mlp.down_proj.lora_b"].abs().sum() > 0
+    # The trained directory converts and the MLX model equals the reference.
+    for f in ("speculative_streaming.json", "streams.safetensors"):
+        shutil.copy(out / f, base / f)
+    mlx = load_model(convert(base, tmp_path / "mlx"))
+    ids = [(5 * i + 3) % 96 for i in range(14)]
+    main, streams = mlx.all_stream_logits(mx.array([ids]))
+    with torch.no_grad():
+        want_main, want_streams = fresh(torch.tensor([ids]))
+    np.testing.assert_allclose(np.array(main), want_main[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(np.array(streams), want_streams[0].numpy(), atol=1e-4)
+
+
+@pytest.mark.torch
+def test_final_logit_softcapping_as_transformers(tmp_path):
+    """Gemma 3 leaves final_logit_softcapping unset; where a config sets it, logits
+    (main, streams, float32 head) are capped as transformers caps them."""
+    from transformers import AutoModelForCausalLM
+
+    from mlx_specstream.train.reference import StreamingReference
+
+    from helpers_torch import write_random_streams
+
+    path = tiny_hf_gemma3(tmp_path, final_logit_softcapping=2.0)
+    write_random_streams(path, scale=0.2)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = [(5 * i + 3) % 96 for i in range(14)]
+    with torch.no_grad():
+        want = hf(torch.tensor([ids])).logits[0].numpy()
+        ref_main, ref_streams = StreamingReference.from_pretrained(path)(
+            torch.tensor([ids])
+        )
+    assert np.abs(want).max() < 2.0
+    model = load_model(path)
+    np.testing.assert_allclose(np.array(model(mx.array([ids]))[0]), want, atol=1e-5)
+    main, streams = model.all_stream_logits(mx.array([ids]))
+    np.testing.assert_allclose(np.array(main), ref_main[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.array(streams), ref_streams[0].numpy(), atol=1e-5)

@@ -89,7 +89,13 @@ def fold_rope_parameters(config: Dict, rope: Dict) -> None:
 
 @dataclass
 class ModelArgs(llama.ModelArgs):
+    # transformers' Gemma3TextConfig defaults: Hub configs of the multimodal models
+    # leave these out of text_config.
+    num_attention_heads: int = 8
+    rms_norm_eps: float = 1e-6
+    vocab_size: int = 262_208
     head_dim: Optional[int] = 256
+    num_key_value_heads: Optional[int] = 4
     rope_theta: float = 1_000_000.0
     rope_local_base_freq: float = 10_000.0
     query_pre_attn_scalar: float = 256
@@ -99,6 +105,7 @@ class ModelArgs(llama.ModelArgs):
     final_logit_softcapping: Optional[float] = None
     attn_logit_softcapping: Optional[float] = None
     hidden_activation: str = "gelu_pytorch_tanh"
+    use_bidirectional_attention: bool = False
     max_position_embeddings: Optional[int] = 131_072
     tie_word_embeddings: bool = True
 
@@ -126,6 +133,11 @@ class ModelArgs(llama.ModelArgs):
                     f"sliding_window ({w}) exceeds max_position_embeddings ({n}): "
                     "the window could never apply"
                 )
+        if self.use_bidirectional_attention:
+            raise ValueError(
+                "use_bidirectional_attention is not supported (decoding needs a "
+                "causal model)"
+            )
         if self.attn_logit_softcapping is not None:
             raise ValueError(
                 "attn_logit_softcapping is not supported (Gemma 3 does not use it)"

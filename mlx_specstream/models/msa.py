@@ -42,7 +42,8 @@ class Rows:
     layer: int = 0
     _padded: Optional[tuple] = None  # (mask, mask widened by attention_mask)
     _rope: Optional[tuple] = None  # (positions, {kind: tables from rope_tables})
-    _windowed: Optional[tuple] = None  # (mask, {(keys, window): windowed mask})
+    # (mask, positions, row positions, {(keys, window): windowed mask})
+    _windowed: Optional[tuple] = None
 
     @classmethod
     def causal(cls, L: int, offset: int, streams: StreamParams) -> "Rows":
@@ -176,12 +177,12 @@ class Rows:
 
 
     def _windowed_mask(self, num_keys: int, window: int) -> Optional[mx.array]:
-        q = self.row_positions()
+        w = self._windowed
+        if w is None or w[0] is not self.mask or w[1] is not self.positions:
+            w = self._windowed = (self.mask, self.positions, self.row_positions(), {})
+        _, _, q, masks = w
         if q.size == 0 or q.max() < window:  # every key is within the window
             return self.attention_mask(num_keys)
-        if self._windowed is None or self._windowed[0] is not self.mask:
-            self._windowed = (self.mask, {})
-        masks = self._windowed[1]
         if (num_keys, window) not in masks:
             R = q.size
             # Keys: the cache prefix at 0 .. offset - 1, then this pass's rows; the
