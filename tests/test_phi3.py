@@ -191,6 +191,42 @@ def test_sliding_window_matches_transformers(tmp_path):
     assert _tokens(unwindowed, tokenizer, PROMPT, 20, speculative=False) != ref
 
 
+@pytest.mark.torch
+def test_reference_with_window_equals_mlx(tmp_path):
+    """The PyTorch reference applies the window on main and stream rows: its main
+    logits equal transformers', and the converted MLX model equals it (main, streams,
+    early exit) on 12 tokens, twice the window."""
+    torch = pytest.importorskip("torch")
+    from helpers_torch import tiny_hf_phi3, write_random_streams
+
+    from mlx_specstream.convert.convert import convert
+    from mlx_specstream.train.reference import StreamingReference
+
+    path = tiny_hf_phi3(tmp_path, sliding_window=6)
+    write_random_streams(path, seed=3)
+    ref = StreamingReference.from_pretrained(path).eval()
+    ids = torch.tensor([IDS])
+    with torch.no_grad():
+        main, streams = ref(ids)
+        early = ref.early_exit_logits(ids)
+        np.testing.assert_allclose(
+            main.numpy(), ref.hf(ids).logits.numpy(), atol=1e-5, rtol=0
+        )
+    model = load_model(convert(path, tmp_path / "out"))
+    got_main, got_streams = model.all_stream_logits(mx.array([IDS]))
+    for got, want in (
+        (got_main, main),
+        (got_streams, streams),
+        (model.early_exit_logits(mx.array([IDS])), early),
+    ):
+        np.testing.assert_allclose(np.array(got), want[0].numpy(), atol=1e-4, rtol=0)
+    unwindowed = StreamingReference(ref.hf, ref.args)
+    unwindowed.load_streams(path)
+    ref.hf.config.sliding_window = None
+    with torch.no_grad():
+        assert np.abs(unwindowed(ids)[1].numpy() - streams.numpy()).max() > 1e-2
+
+
 # ---- converter: fused PEFT adapters ------------------------------------------------
 
 

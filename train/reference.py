@@ -1,13 +1,14 @@
 # Copyright © 2026 mlx-specstream authors. Apache-2.0.
 """PyTorch reference of a Speculative Streaming model (arXiv 2402.11131 §3.2).
 
-Wraps a Hugging Face Llama / Mistral / Qwen2 causal LM and runs its top Ns layers
-as multi-stream attention (eq. 2) written here with the HF modules' weights, since
-the HF decoder layer cannot apply stream-only adapters. Semantics (the MLX runtime
-matches them): stream j of anchor t enters layer l = N - Ns as
-``M_t + (M_t a_j) b_j + P_j``, attends to main K/V at positions <= t and to streams
-1..j of t, has RoPE position t, and predicts token t + 1 + j. Main rows never see
-streams, so with zero stream parameters they are the HF model's own logits.
+Wraps a Hugging Face Llama / Mistral / Qwen2 / Qwen3 / Phi-3 / Gemma 3 causal LM and
+runs its top Ns layers as multi-stream attention (eq. 2) written here with the HF
+modules' weights, since the HF decoder layer cannot apply stream-only adapters.
+Semantics (the MLX runtime matches them): stream j of anchor t enters layer
+l = N - Ns as ``M_t + (M_t a_j) b_j + P_j``, attends to main K/V at positions <= t
+and to streams 1..j of t, has RoPE position t, and predicts token t + 1 + j. Main
+rows never see streams, so with zero stream parameters they are the HF model's own
+logits.
 """
 
 from pathlib import Path
@@ -61,14 +62,19 @@ def _qk_norm(attn: nn.Module, q: torch.Tensor, k: torch.Tensor) -> tuple:
     return q, k
 
 
-def _window_band(attn: nn.Module, q_pos: torch.Tensor, t: int) -> Optional[torch.Tensor]:
-    """A sliding-window layer's (Gemma 3) band: key s visible to a query at RoPE
-    position q iff q - s < window (transformers' rule); None for a global layer.
+def _window_band(
+    attn: nn.Module, q_pos: torch.Tensor, t: int
+) -> Optional[torch.Tensor]:
+    """A sliding-window layer's (Gemma 3, Phi-3) band: key s visible to a query at
+    RoPE position q iff q - s < window (transformers' rule); None for a global layer.
 
     Args:
         q_pos: (..., A) query positions; keys are at 0..t-1. Returns (..., A, t).
     """
     w = getattr(attn, "sliding_window", None)
+    if w is None and attn.config.model_type == "phi3":
+        # transformers applies Phi-3's window, when set, on every layer
+        w = attn.config.sliding_window
     if w is None:
         return None
     return (q_pos[..., None] - torch.arange(t, device=q_pos.device)) < w
@@ -351,8 +357,7 @@ class StreamingReference(nn.Module):
         if (
             w is not None
             and (
-                # transformers applies Phi-3's window whenever it is set
-                self.hf.config.model_type in ("mistral", "phi3")
+                self.hf.config.model_type == "mistral"
                 or getattr(self.hf.config, "use_sliding_window", False)
             )
             and t > w
@@ -388,7 +393,9 @@ class StreamingReference(nn.Module):
         o = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask.unsqueeze(1), scale=attn.scaling, enable_gqa=True
         )
-        h = _residual_out(layer, h, attn.o_proj(o.transpose(1, 2).reshape(b, t, -1)), layer.mlp)
+        h = _residual_out(
+            layer, h, attn.o_proj(o.transpose(1, 2).reshape(b, t, -1)), layer.mlp
+        )
         return h, (k, v)
 
     def stream_layer(
