@@ -97,7 +97,8 @@ def read_source(src: Path) -> Source:
 
 def _stream_args(src: Source, streams_dir: Path) -> tuple:
     found = load_streams(streams_dir)
-    n = normalise_config(src.config)["num_hidden_layers"]  # a multimodal one's text model
+    # normalised: a multimodal config's layers are its text model's
+    n = normalise_config(src.config)["num_hidden_layers"]
     if found is None:
         args = StreamArgs()
         args.num_stream_layers = min(args.num_stream_layers, n)

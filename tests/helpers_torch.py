@@ -326,7 +326,12 @@ def tiny_hf_gemma3_multimodal(
         )
 
     return _save_model(
-        Gemma3ForConditionalGeneration, config_cls, Path(tmp_path) / name, params, seed, 0.0
+        Gemma3ForConditionalGeneration,
+        config_cls,
+        Path(tmp_path) / name,
+        params,
+        seed,
+        0.0,
     )
 
 

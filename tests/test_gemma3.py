@@ -59,7 +59,6 @@ def test_transformers_5_config_folds_for_mlx_lm():
     assert got["eos_token_id"] == [1, 106] and got["quantization"]["bits"] == 4
 
 
-
 def test_sparse_hub_multimodal_config_takes_gemma_defaults():
     """Hub configs of the multimodal models give text_config only a few fields; the
     rest are transformers' Gemma3TextConfig defaults (as mlx-lm assumes too)."""
@@ -190,7 +189,9 @@ def test_bin_checkpoint_and_peft_adapter(tmp_path):
         with torch.no_grad():
             want = merged(torch.tensor([PROMPT])).logits[0].numpy()
         out = convert(
-            src, tmp_path / f"merged_{src.name}", adapter_path=tmp_path / "adapter" / src.name
+            src,
+            tmp_path / f"merged_{src.name}",
+            adapter_path=tmp_path / "adapter" / src.name,
         )
         got = np.array(load_model(out)(ids)[0])
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
@@ -239,7 +240,10 @@ def _edit_config(path, **changes):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(sliding_window=512), r"sliding_window \(512\) exceeds max_position_embeddings"),
+        (
+            dict(sliding_window=512),
+            r"sliding_window \(512\) exceeds max_position_embeddings",
+        ),
         (dict(sliding_window=0), "sliding_window must be a positive integer"),
         (
             dict(rope_scaling={"rope_type": "wavy", "factor": 2.0}),

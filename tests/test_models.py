@@ -143,7 +143,9 @@ def test_gemma3_equals_mlx_lm_past_the_window(tmp_path, tied):
     tokens = mx.array([(7 * i + 3) % 96 for i in range(20)])
     ref_cache = theirs.make_cache()
     ref = theirs(tokens[None], cache=ref_cache)[0]
-    np.testing.assert_allclose(np.array(model(tokens[None])[0]), np.array(ref), atol=1e-4)
+    np.testing.assert_allclose(
+        np.array(model(tokens[None])[0]), np.array(ref), atol=1e-4
+    )
     # Chunks of 5 (explicit masks at offsets 5, 10, 15) then single tokens.
     cache = make_cache(model)
     for s in range(0, 20, 5):

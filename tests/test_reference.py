@@ -136,7 +136,9 @@ def _brute_force_streams(ref: StreamingReference, ids: torch.Tensor) -> torch.Te
             cos, sin = ropes[hf.config.layer_types[i]]
         layer_mask = mask
         if getattr(att, "sliding_window", None):  # Gemma 3: q - k < window
-            layer_mask = mask & ((anchor[:, None] - anchor[None, :]) < att.sliding_window)
+            layer_mask = mask & (
+                (anchor[:, None] - anchor[None, :]) < att.sliding_window
+            )
 
         def extra(inp, name):
             a, b = sd[f"layers.{i}.{name}.lora_a"], sd[f"layers.{i}.{name}.lora_b"]
@@ -170,7 +172,9 @@ def _brute_force_streams(ref: StreamingReference, ids: torch.Tensor) -> torch.Te
         a = lin(att.o_proj, o.transpose(0, 1).reshape(len(x), -1), "self_attn.o_proj")
         gemma = hasattr(layer, "post_feedforward_layernorm")  # norms after too
         x = x + (layer.post_attention_layernorm(a) if gemma else a)
-        hn = (layer.pre_feedforward_layernorm if gemma else layer.post_attention_layernorm)(x)
+        hn = (
+            layer.pre_feedforward_layernorm if gemma else layer.post_attention_layernorm
+        )(x)
         mlp = layer.mlp
         if hasattr(mlp, "gate_up_proj"):  # Phi-3: gate | up fused
             gate, up = mlp.gate_up_proj(hn).chunk(2, dim=-1)

@@ -127,7 +127,9 @@ class ModelArgs(llama.ModelArgs):
         if SLIDING in self.layer_types:
             w, n = self.sliding_window, self.max_position_embeddings
             if not isinstance(w, int) or isinstance(w, bool) or w < 1:
-                raise ValueError(f"sliding_window must be a positive integer, got {w!r}")
+                raise ValueError(
+                    f"sliding_window must be a positive integer, got {w!r}"
+                )
             if n is not None and w > n:
                 raise ValueError(
                     f"sliding_window ({w}) exceeds max_position_embeddings ({n}): "
@@ -204,9 +206,7 @@ class Gemma3Model(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
-        self.layers = [
-            TransformerBlock(args, i) for i in range(args.num_hidden_layers)
-        ]
+        self.layers = [TransformerBlock(args, i) for i in range(args.num_hidden_layers)]
         self.norm = RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
 
@@ -244,4 +244,3 @@ class Model(llama.Model):
     def sanitize(self, weights: Dict[str, mx.array]) -> Dict[str, mx.array]:
         renamed = ((self.weight_name(k), v) for k, v in weights.items())
         return super().sanitize({k: v for k, v in renamed if k is not None})
-

@@ -175,7 +175,6 @@ class Rows:
             self._padded = (self.mask, mx.concatenate([self.mask, pad], axis=1))
         return self._padded[1]
 
-
     def _windowed_mask(self, num_keys: int, window: int) -> Optional[mx.array]:
         w = self._windowed
         if w is None or w[0] is not self.mask or w[1] is not self.positions:
