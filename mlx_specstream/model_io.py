@@ -190,12 +190,14 @@ def load_model(path: Union[str, Path], lazy: bool = True) -> Model:
     for f in files:
         weights.update(load_safetensors(f))
     if (q := config.get("quantization")) is not None:
-        # Quantize the same layers mlx-lm did: those whose scales were saved.
+        # Quantize the same layers mlx-lm did: those whose scales were saved, under
+        # the model's names (a multimodal Gemma 3's are renamed by sanitize).
+        scaled = set(model.sanitize(dict(weights)))
         nn.quantize(
             model,
             group_size=q["group_size"],
             bits=q["bits"],
-            class_predicate=lambda p, m: f"{p}.scales" in weights,
+            class_predicate=lambda p, m: f"{p}.scales" in scaled,
         )
     load_base_weights(model, weights, path / "model.safetensors")
     model.has_streams = stream_args is not None and load_stream_weights(model, path)

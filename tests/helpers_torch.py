@@ -294,7 +294,8 @@ def tiny_hf_gemma3_multimodal(
 ) -> Path:
     """Save a random tiny ``Gemma3ForConditionalGeneration`` (model_type ``gemma3``:
     the text model of ``tiny_hf_gemma3`` under ``model.language_model``, a one-layer
-    SigLIP vision tower and the projector) and tokenizer."""
+    SigLIP vision tower and the projector) and tokenizer; text_config also gets the
+    Hub's mlx-lm-readable fields."""
     from transformers import (
         Gemma3Config,
         Gemma3ForConditionalGeneration,
@@ -325,7 +326,7 @@ def tiny_hf_gemma3_multimodal(
             tie_word_embeddings=p["tie_word_embeddings"],
         )
 
-    return _save_model(
+    path = _save_model(
         Gemma3ForConditionalGeneration,
         config_cls,
         Path(tmp_path) / name,
@@ -333,6 +334,12 @@ def tiny_hf_gemma3_multimodal(
         seed,
         0.0,
     )
+    config = json.loads((path / "config.json").read_text())
+    config["text_config"].update(
+        {k: params[k] for k in _GEMMA3_HUB_FIELDS if k in params}
+    )
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    return path
 
 
 # The family runner: every family's tiny HF builder, keyed by model_type. The HF

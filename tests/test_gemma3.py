@@ -198,15 +198,21 @@ def test_bin_checkpoint_and_peft_adapter(tmp_path):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("bits", [4, 8])
-def test_mlx_lm_quantized_directory(tmp_path, bits):
-    """mlx_lm.convert -q of the tiny Gemma loads with ours: plain greedy equals
-    mlx-lm's own greedy on the same directory, and speculative equals plain."""
+@pytest.mark.parametrize("bits, multimodal", [(4, False), (8, False), (8, True)])
+def test_mlx_lm_quantized_directory(tmp_path, bits, multimodal):
+    """mlx_lm.convert -q of the tiny Gemma (text, or multimodal: mlx-lm keeps its
+    language_model.* names) loads with ours: plain greedy equals mlx-lm's own greedy
+    on the same directory, and speculative equals plain."""
     import mlx_lm
     from mlx_lm.convert import convert as mlx_lm_convert
     from mlx_lm.sample_utils import make_sampler
 
-    src = tiny_hf_gemma3(tmp_path)
+    if multimodal:
+        src = tiny_hf_gemma3_multimodal(tmp_path)
+        # mlx-lm's gemma3 takes the vocabulary size from the top level
+        _edit_config(src, vocab_size=96)
+    else:
+        src = tiny_hf_gemma3(tmp_path)
     out = tmp_path / f"q{bits}"
     mlx_lm_convert(str(src), str(out), quantize=True, q_bits=bits, q_group_size=32)
     assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == bits
