@@ -201,3 +201,40 @@ def test_gemma3_float32_logits_and_softcap(cap):
     w = 1.0 + model.model.norm.weight.astype(mx.float32)
     expected = mx.fast.rms_norm(h, w, model.model.norm.eps)
     np.testing.assert_allclose(np.array(norm_only), np.array(expected), atol=1e-6)
+
+
+def test_gemma3_long_context_drops_old_keys_and_equals_mlx_lm(tmp_path):
+    """Past a key bucket, sliding layers drop old keys (one decoding row keeps the
+    last ``window``; trees whole buckets): greedy decoding, plain and speculative,
+    still equals mlx-lm's Gemma 3 over a 150-token prompt."""
+    from conftest import tiny_config, tiny_hf_tokenizer, wrap
+    from mlx_lm.utils import load as mlx_lm_load
+
+    from mlx_specstream.generate import stream_generate
+    from mlx_specstream.model_io import save_model
+    from mlx_specstream.tree import TreeShape
+
+    model = tiny_gemma3(4)
+    save_model(model, tiny_config(**GEMMA3), tmp_path)
+    theirs, _ = mlx_lm_load(str(tmp_path))
+    prompt = [(13 * i + 5) % 96 for i in range(150)]
+    cache, want = theirs.make_cache(), []
+    logits = theirs(mx.array([prompt]), cache=cache)
+    for _ in range(30):
+        want.append(int(mx.argmax(logits[0, -1])))
+        logits = theirs(mx.array([[want[-1]]]), cache=cache)
+    tokenizer = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
+    for kw in (dict(speculative=False), dict(tree=TreeShape(budget=8))):
+        rs = stream_generate(model, tokenizer, prompt, max_tokens=30, **kw)
+        assert [t for r in rs for t in r.tokens] == want, kw
+
+    rows = Rows.tree(np.tril(np.ones((3, 3), bool)), np.arange(3), 150, model.streams)
+    k = mx.zeros((1, 2, 192, 24))  # keys padded to the next bucket (64)
+    k2, _, m = rows.visible_keys(k, k, 8)
+    assert k2.shape[2] == 192 - 128 and m.shape == (3, 64)
+    full = np.array(rows.attention_mask(192, 8))
+    np.testing.assert_array_equal(np.array(m), full[:, 128:])
+    assert not full[:, :128].any()
+    one = Rows.causal(1, 150, model.streams)
+    k1, _, m1 = one.visible_keys(k[..., :151, :], k[..., :151, :], 8)
+    assert k1.shape[2] == 8 and m1 is None

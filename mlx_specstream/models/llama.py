@@ -121,7 +121,7 @@ class Attention(nn.Module):
         k = apply_rope(self.rope, k, rows.positions, tables)
         v = v.reshape(1, R, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         k, v = rows.keys_values(k, v, cache)
-        mask = rows.attention_mask(k.shape[2], self.window)
+        k, v, mask = rows.visible_keys(k, v, self.window)
         out = fast_ops.attention(q, k, v, self.scale, mask)
         out = out.transpose(0, 2, 1, 3).reshape(1, R, -1)
         return rows.linear(self.o_proj, out, "self_attn.o_proj")

@@ -175,11 +175,39 @@ class Rows:
             self._padded = (self.mask, mx.concatenate([self.mask, pad], axis=1))
         return self._padded[1]
 
-    def _windowed_mask(self, num_keys: int, window: int) -> Optional[mx.array]:
+    def visible_keys(self, k: mx.array, v: mx.array, window: Optional[int]) -> tuple:
+        """A layer's K/V (1, KH, P, D) and mask, for a sliding-window layer without
+        the old keys no row can see.
+
+        One decoding row keeps the last ``window`` keys and no mask (MLX's fused
+        attention); other passes drop whole ``KEY_BUCKET``s of old cache keys, so the
+        compiled softmax still sees a new shape only once per bucket.
+        """
+        P = k.shape[2]
+        if window is None or P <= window:
+            return k, v, self.attention_mask(P, window)
+        if self.mask is None:  # one row at position P - 1: plain decoding
+            return k[..., P - window :, :], v[..., P - window :, :], None
+        mask = self.attention_mask(P, window)
+        q = self._window_rows()[2]
+        start = min(self.offset, max(0, int(q.min()) - window + 1))
+        start -= start % KEY_BUCKET
+        if start == 0 or not isinstance(mask, mx.array):
+            return k, v, mask
+        cut = self._windowed[3]
+        if (P, window, start) not in cut:
+            cut[(P, window, start)] = mask[:, start:]
+        return k[..., start:, :], v[..., start:, :], cut[(P, window, start)]
+
+    def _window_rows(self) -> tuple:
+        """(mask, positions, row positions, {key: mask}) for this pass's windows."""
         w = self._windowed
         if w is None or w[0] is not self.mask or w[1] is not self.positions:
             w = self._windowed = (self.mask, self.positions, self.row_positions(), {})
-        _, _, q, masks = w
+        return w
+
+    def _windowed_mask(self, num_keys: int, window: int) -> Optional[mx.array]:
+        _, _, q, masks = self._window_rows()
         if q.size == 0 or q.max() < window:  # every key is within the window
             return self.attention_mask(num_keys)
         if (num_keys, window) not in masks:
