@@ -107,14 +107,16 @@ def decode_mlx_lm(model, tokenizer, ids, max_tokens) -> List[int]:
     return out
 
 
-def run_dtype(path: Path, texts: List[tuple], max_tokens: int) -> Dict:
+def run_dtype(
+    path: Path, texts: List[tuple], max_tokens: int, compute: str = "auto"
+) -> Dict:
     import mlx_lm
 
     from mlx_specstream import load
     from mlx_specstream.prompts import apply_chat_template, encode_prompt
     from mlx_specstream.tree import TreeShape
 
-    model, tokenizer = load(str(path))
+    model, tokenizer = load(str(path), compute_dtype=compute)
     ref_model, _ = mlx_lm.load(str(path))
     spec = dict(tree=TreeShape(budget=16), prompt_lookup=True)
     rows = {s: [] for s in SETTINGS}
@@ -166,11 +168,11 @@ def run_dtype(path: Path, texts: List[tuple], max_tokens: int) -> Dict:
     return dict(path=str(path), settings=rows, seconds=seconds)
 
 
-def markdown(results: Dict, max_tokens: int) -> str:
+def markdown(results: Dict, max_tokens: int, compute: str = "auto") -> str:
     lines = [
         f"Sequences (of {max_tokens} greedy tokens) that differ from our plain "
         "decoding; in brackets the first differing token index and the plain "
-        "log-probability gap there.",
+        f"log-probability gap there. Our decoders' compute dtype: {compute}.",
         "",
         "| dtype | prompts | " + " | ".join(SETTINGS) + " |",
         "|---|---|" + "---|" * len(SETTINGS),
@@ -207,6 +209,13 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--data", default=None, help="folder of *_test.jsonl task prompts")
     p.add_argument("--per-task", type=int, default=1)
+    p.add_argument(
+        "--compute",
+        default="auto",
+        choices=["auto", "float32", "model"],
+        help="our decoders' compute dtype (auto: float32 on the CPU; model: the "
+        "directory's own dtype, as on a GPU); mlx-lm always runs the model's dtype",
+    )
     p.add_argument("--cache", default="~/.cache/mlx_specstream/divergence")
     p.add_argument("--out", default="benchmarks/results/divergence")
     args = p.parse_args()
@@ -226,13 +235,20 @@ def main() -> None:
         print(f"{dtype}:", flush=True)
         path = model_dir(args.model, dtype, cache)
         results[dtype] = run_dtype(
-            path, prompts(n, args.data, args.per_task), args.max_tokens
+            path, prompts(n, args.data, args.per_task), args.max_tokens, args.compute
         )
         # Written after each dtype so a long run can be read while it goes on.
-        meta = dict(model=args.model, max_tokens=args.max_tokens, results=results)
+        meta = dict(
+            model=args.model,
+            max_tokens=args.max_tokens,
+            compute=args.compute,
+            results=results,
+        )
         (out / "divergence.json").write_text(json.dumps(meta, indent=1))
-        (out / "divergence.md").write_text(markdown(results, args.max_tokens))
-    print(markdown(results, args.max_tokens))
+        (out / "divergence.md").write_text(
+            markdown(results, args.max_tokens, args.compute)
+        )
+    print(markdown(results, args.max_tokens, args.compute))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from .model_io import (  # noqa: F401 (re-exported: mlx-lm keeps these in utils)
     save_model,
 )
 from .models.llama import Model
+from .precision import set_compute_dtype
 from .registry import resolve
 
 
@@ -23,6 +24,7 @@ def load(
     path_or_name: Union[str, Path],
     tokenizer_config: Optional[Dict[str, Any]] = None,
     lazy: bool = True,
+    compute_dtype: str = "auto",
 ) -> Tuple[Model, TokenizerWrapper]:
     """Load a model and its tokenizer.
 
@@ -31,12 +33,16 @@ def load(
             or a Hugging Face repo id.
         tokenizer_config: extra keyword arguments for the tokenizer.
         lazy: leave weights memory-mapped until first use.
+        compute_dtype: "auto" (float32 on the CPU, where low-precision matmuls
+            are slower and round coarsely; the model's dtype on a GPU), "float32"
+            or "model" (see ``precision.py``).
 
     Returns:
         ``(model, tokenizer)``.
     """
     path = resolve(path_or_name)
     model = load_model(path, lazy=lazy)
+    set_compute_dtype(model, compute_dtype)
     model.path = path
     # The tree budget measured on this device by `mlx-specstream calibrate`, if any.
     model.calibration = load_calibration(path)
