@@ -313,8 +313,9 @@ def speculative_generate_step(
             p.tree, model.logits(p.h_top[0, :T], float32=True), cache.tokens
         )  # host sync
         # Keep the accepted path's K/V: tree rows below layer l, verified rows above.
+        lower = [p.kept[n] for n in path]
         for i, c in enumerate(cache):
-            c.compact(offset, [p.kept[n] for n in path] if i < model.split else path)
+            c.compact(offset, lower if i < model.split else path)
         tokens = [p.tree.tokens[n] for n in path[1:]] + [correction]
         cache.tokens.extend(tokens)  # the correction stays pending: the next root
         if emitted == 0 and prompt_progress_callback is not None:

@@ -204,3 +204,14 @@ def test_bad_draft_vocabulary_is_a_clear_error(tmp_path, bad, message):
     assert STREAMS_FILE in str(e.value)
     with pytest.raises(ValueError, match=message):
         tiny_model(1).set_draft_vocab(np.array(bad))
+
+
+def test_ranking_counts_what_the_model_emitted():
+    from mlx_specstream.benchmarks.draft_vocab import rank
+
+    records = [
+        dict(prompt_tokens=[9, 9, 4], completion_tokens=[3, 3, 7]),
+        dict(prompt_tokens=[4, 8], completion_tokens=[7, 3, 1]),
+    ]
+    # Emitted 3 x3, 7 x2, 1 x1; then prompted 4 x2, 9 x2 (lower id first), 8; then ids.
+    assert rank(records, 12) == [3, 7, 1, 4, 9, 8, 0, 2, 5, 6, 10, 11]
