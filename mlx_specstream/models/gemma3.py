@@ -12,8 +12,10 @@ and transformers' ``modeling_gemma3.py``:
   layer is global) with their own RoPE base ``rope_local_base_freq``; global layers
   use ``rope_theta`` and ``rope_scaling``.
 
-The window is applied by the mask (``Rows.attention_mask``) for prefill, trees and
-stream rows alike; every layer keeps the full ``TreeKVCache``.
+The window is applied by ``Rows`` (``attention_mask`` / ``visible_keys``) for
+prefill, plain decoding, trees and stream rows alike. Every layer keeps the full
+``TreeKVCache`` (draft trees are written past its end and compacted, which mlx-lm's
+rotating cache cannot do), so a windowed layer holds as much K/V as a global one.
 """
 
 from dataclasses import dataclass
