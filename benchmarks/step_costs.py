@@ -10,6 +10,8 @@ sees the same state):
   and the argmax on the host;
 - stream: compaction of the accepted path, the accepted node's γ streams through
   the top layers, the stream LM head and its top-k on the host;
+- head: of the stream pass, the stream LM head and top-k alone (what the draft
+  vocabulary changes), on fixed stream states;
 - host: the Python work of a step outside those passes (acceptance, drafting the
   next tree, its masks and tables);
 - graph: building (not running) the verify and stream passes' graphs, the Python
@@ -172,6 +174,9 @@ def main(argv=None) -> None:
         state["streams"] = dec._stream_topk(model, s, drafter.top_k)
         rollback()
 
+    def head():
+        dec._stream_topk(model, h, drafter.top_k)
+
     def host():
         fresh = Tree(tree.tokens, tree.parents)
         accept_greedy(fresh, state["argmax"])
@@ -214,10 +219,12 @@ def main(argv=None) -> None:
 
     configs = [(pth, k) for pth in paths for k in ks]
     parts: Dict[tuple, Dict[str, List[float]]] = {
-        c: {n: [] for n in ("plain", "verify", "stream", "host", "graph")}
+        c: {n: [] for n in ("plain", "verify", "stream", "head", "host", "graph")}
         for c in configs
     }
-    fns = dict(plain=plain, verify=verify, stream=stream, host=host, graph=graph)
+    fns = dict(
+        plain=plain, verify=verify, stream=stream, head=head, host=host, graph=graph
+    )
     for c in configs:  # warm up: compile, trace the bucketed shapes
         with configure(*c):
             for fn in fns.values():
@@ -240,10 +247,10 @@ def main(argv=None) -> None:
     )
     print(f"load average (1/5/15 min) before: {loads[0]}, after: {loads[1]}")
     print(
-        "| path | draft vocab | plain | verify | stream | host | graph | step "
-        "| step / plain |"
+        "| path | draft vocab | plain | verify | stream | head | host | graph "
+        "| step | step / plain |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     report = []
     for c in configs:
         med = {n: statistics.median(v) for n, v in parts[c].items()}
@@ -253,7 +260,8 @@ def main(argv=None) -> None:
         k = k or model.args.vocab_size
         print(
             f"| {c[0]} | {k} | {med['plain']:.1f} | {med['verify']:.1f} | "
-            f"{med['stream']:.1f} | {med['host']:.2f} | {med['graph']:.1f} | "
+            f"{med['stream']:.1f} | {med['head']:.1f} | {med['host']:.2f} | "
+            f"{med['graph']:.1f} | "
             f"{steps[c]:.1f} | "
             f"{steps[c] / med['plain']:.2f} |"
         )
