@@ -91,10 +91,16 @@ def test_oracle_drafts_accepted_with_a_draft_vocabulary(depth):
     assert max(per_pass(rs)) == depth + 1
 
 
-@pytest.mark.parametrize("tied", [False, True])
+GEMMA = next(s for s in SHAPES if s.get("model_type") == "gemma3_text")
+
+
+@pytest.mark.parametrize("tied", [False, True, "gemma"])
 @pytest.mark.parametrize("quantized", [False, True])
 def test_stream_logits_are_the_full_logits_of_the_subset(tied, quantized):
-    model = tiny_model(2, tie_word_embeddings=tied)
+    if tied == "gemma":  # its own final norm, and soft-capped logits
+        model = tiny_model(2, **GEMMA, final_logit_softcapping=3.0)
+    else:
+        model = tiny_model(2, tie_word_embeddings=tied)
     if quantized:
         nn.quantize(model, group_size=32, bits=8)
     h = mx.random.normal((5, model.args.hidden_size))

@@ -304,7 +304,10 @@ class Model(nn.Module):
         # Sliced on first use and again whenever the head's weights are replaced.
         if self._draft_head is None or self._draft_head.source is not head["weight"]:
             self._draft_head = DraftHead(head, self.draft_vocab)
-        return self._draft_head(self.model.norm(h))
+        out = self._draft_head(self.model.norm(h))
+        # A family whose logits() soft-caps (Gemma's final_logit_softcapping): the same.
+        cap = getattr(self.args, "final_logit_softcapping", None)
+        return out if cap is None else mx.tanh(out / cap) * cap
 
     def make_cache(self) -> PromptCache:
         """The cache ``mlx_lm.models.cache.make_prompt_cache(model)`` returns."""
