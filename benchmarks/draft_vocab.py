@@ -191,6 +191,7 @@ def main(argv=None) -> None:
         if args.records:
             Path(args.records).write_text("".join(json.dumps(r) + "\n" for r in out))
         return out
+
     if args.command == "rank":
         if records is None:
             records = answers("train", args.per_task or 40, chat=False)

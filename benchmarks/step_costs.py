@@ -149,7 +149,9 @@ def main(argv=None) -> None:
 
     def plain():
         rows = Rows.causal(1, offset, model.streams)
-        hh = model.run_layers(model.embed(mx.array(ids[-1:])), rows, cache, 0, len(model.layers))
+        hh = model.run_layers(
+            model.embed(mx.array(ids[-1:])), rows, cache, 0, len(model.layers)
+        )
         mx.argmax(model.logits(hh[0], float32=True), axis=-1).item()
         rollback()
 

@@ -84,7 +84,9 @@ def test_oracle_drafts_accepted_with_a_draft_vocabulary(depth):
     tok = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
     model = tiny_model(4, **SHAPES[1])
     plain, _ = run(model, tok, max_tokens=30, speculative=False)
-    model.set_draft_vocab(subset(4, 8, exclude=plain))  # the oracle's tokens are outside
+    model.set_draft_vocab(
+        subset(4, 8, exclude=plain)
+    )  # the oracle's tokens are outside
     drafter = OracleDrafter(plain, len(PROMPT), depth)
     spec, rs = run(model, tok, max_tokens=30, drafter=drafter)
     assert spec == plain
@@ -107,7 +109,9 @@ def test_stream_logits_are_the_full_logits_of_the_subset(tied, quantized):
     full = np.array(model.logits(h))
     ids = subset(2, 17)
     model.set_draft_vocab(ids)
-    np.testing.assert_allclose(np.array(model.stream_logits(h)), full[:, ids], atol=1e-5)
+    np.testing.assert_allclose(
+        np.array(model.stream_logits(h)), full[:, ids], atol=1e-5
+    )
     # New head weights are sliced again.
     head = model.lm_head_module()
     head.weight = head.weight[::-1] if not quantized else head.weight

@@ -280,7 +280,9 @@ class Model(nn.Module):
 
     def lm_head_module(self) -> nn.Module:
         """The LM head: ``lm_head``, or the tied embedding (called as a linear layer)."""
-        return self.model.embed_tokens if self.args.tie_word_embeddings else self.lm_head
+        return (
+            self.model.embed_tokens if self.args.tie_word_embeddings else self.lm_head
+        )
 
     def set_draft_vocab(self, ids: Optional[np.ndarray]) -> None:
         """Draft from the token ids ``ids`` only (None: the whole vocabulary).
