@@ -20,9 +20,14 @@ from mlx_lm.utils import quantize_model
 from tqdm import tqdm
 
 from mlx_specstream.files import check_destination, write_atomically
-from mlx_specstream.format import SETTINGS_FILE, StreamArgs
+from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE, StreamArgs
 from mlx_specstream.gguf import find_gguf, read_gguf, save_tokenizer
-from mlx_specstream.model_io import build_model, normalise_config, save_model
+from mlx_specstream.model_io import (
+    build_model,
+    normalise_config,
+    save_model,
+    take_draft_vocab,
+)
 
 from .checkpoint import (
     Origins,
@@ -202,6 +207,7 @@ def build_converted(
         weights, n = merge_lora(weights, adapter, getattr(model, "weight_name", None))
         print(f"merged LoRA into {n} modules from {adapter}", file=sys.stderr)
     if stream_tensors is not None:
+        take_draft_vocab(model, stream_tensors, streams_dir / STREAMS_FILE)
         stream_tensors = check_stream_weights(stream_tensors, model, streams_dir)
     for k in tqdm(list(weights), desc="convert", unit="tensor", disable=None):
         weights[k] = weights[k].astype(dtype)

@@ -155,16 +155,23 @@ def load_stream_weights(model: Model, directory: Union[str, Path]) -> bool:
     if not file.exists():
         return False
     streams = load_safetensors(file)
-    draft_vocab = streams.pop(DRAFT_VOCAB, None)
+    take_draft_vocab(model, streams, file)
     check_shapes(stream_shapes(model), streams, file)
     model.streams.load_weights(list(model.streams.module_weights(streams).items()))
-    if draft_vocab is not None:
-        ids = np.array(draft_vocab)
-        problem = check_draft_vocab(ids, model.args.vocab_size)
-        if problem:
-            raise ModelFileError(file, problem)
-        model.set_draft_vocab(ids)
     return any(mx.any(v != 0).item() for v in streams.values())
+
+
+def take_draft_vocab(model: Model, streams: Dict[str, mx.array], file: Path) -> None:
+    """Pop the optional ``draft_vocab`` tensor from a stream file's tensors, check
+    it, and make the model draft from it."""
+    draft_vocab = streams.pop(DRAFT_VOCAB, None)
+    if draft_vocab is None:
+        return
+    ids = np.array(draft_vocab)
+    problem = check_draft_vocab(ids, model.args.vocab_size)
+    if problem:
+        raise ModelFileError(file, problem)
+    model.set_draft_vocab(ids)
 
 
 def load_model(path: Union[str, Path], lazy: bool = True) -> Model:

@@ -227,6 +227,34 @@ def test_streams_path(tmp_path):
     )
 
 
+@pytest.mark.parametrize("quantize", [False, True])
+def test_streams_with_a_draft_vocabulary_convert(tmp_path, quantize):
+    """Streams that carry a draft vocabulary (as the shipped ones do) convert with
+    it, to every dtype; a bad one is a clear error naming the stream file."""
+    src = tiny_hf_llama(tmp_path)
+    write_random_streams(src, seed=3)
+    file = src / STREAMS_FILE
+    tensors = dict(mx.load(str(file)))
+    ids = np.array([7, 3, 50, 11, 0, 95], np.int32)
+    tensors["draft_vocab"] = mx.array(ids)
+    mx.save_safetensors(str(file), tensors)
+    out = convert(src, tmp_path / "out", quantize=quantize, q_bits=8, q_group_size=32)
+    np.testing.assert_array_equal(
+        np.array(mx.load(str(out / STREAMS_FILE))["draft_vocab"]), ids
+    )
+    model = load_model(out)
+    np.testing.assert_array_equal(model.draft_vocab, ids)
+    h = mx.random.normal((2, model.args.hidden_size))
+    np.testing.assert_allclose(
+        np.array(model.stream_logits(h)), np.array(model.logits(h))[:, ids], atol=1e-4
+    )
+    tensors["draft_vocab"] = mx.array([7, 7], mx.int32)
+    mx.save_safetensors(str(file), tensors)
+    with pytest.raises(Exception, match="draft_vocab ids are not unique") as e:
+        convert(src, tmp_path / "bad")
+    assert STREAMS_FILE in str(e.value) and not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize(
     "options",
     [
