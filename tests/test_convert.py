@@ -2,6 +2,7 @@
 """PyTorch checkpoint -> MLX: logits parity with the PyTorch reference and transformers."""
 
 import json
+import shutil
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -20,6 +21,7 @@ from helpers_torch import (  # noqa: E402
 
 from mlx_specstream.convert.convert import convert  # noqa: E402
 from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE, StreamArgs  # noqa: E402
+from mlx_specstream.model_io import normalise_config  # noqa: E402
 from mlx_specstream.utils import load, load_model  # noqa: E402
 from mlx_specstream.tree import TreeShape  # noqa: E402
 
@@ -135,6 +137,68 @@ def test_quantized(hf_dir, mlx_fp32, tmp_path, bits):
     if bits == 8:
         got, want = _logits(out)[0], _logits(mlx_fp32)[0]
         assert np.abs(got - want).max() / np.abs(want).max() < REL_TOL["q8"]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_mlx_lm_quantized_directory_decodes_losslessly(hf_dir, tmp_path, bits):
+    """``mlx_lm.convert -q`` of every family (bf16 scales, as users get them): ours
+    loads it (widened to float32 on the CPU, precision.py), speculative greedy equals
+    plain greedy, and plain equals mlx-lm's greedy on the same model widened alike."""
+    import importlib
+
+    import mlx_lm
+
+    from mlx_specstream.generate import stream_generate
+    from mlx_specstream.precision import set_compute_dtype
+
+    mlx_lm_convert = importlib.import_module("mlx_lm.convert").convert
+    # mlx-lm 0.32 does not read transformers-5 ``rope_parameters`` (it would take
+    # its own default rope_theta): give it the fields Hub checkpoints carry.
+    src = tmp_path / "hub"
+    shutil.copytree(hf_dir, src)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps(normalise_config(config)))
+    out = tmp_path / f"mlx_lm_q{bits}"
+    mlx_lm_convert(
+        str(src),
+        str(out),
+        quantize=True,
+        q_bits=bits,
+        q_group_size=32,
+        dtype="bfloat16",
+    )
+    for name in (STREAMS_FILE, SETTINGS_FILE):  # mlx_lm.convert drops our files
+        (out / name).write_bytes((hf_dir / name).read_bytes())
+    model, tokenizer = load(out)
+    tokenizer.eos_token_ids = []
+    theirs, _ = mlx_lm.load(str(out))
+    set_compute_dtype(theirs)
+    for prompt in (IDS, IDS[:5]):
+        plain = [
+            t
+            for r in stream_generate(
+                model, tokenizer, prompt, max_tokens=20, speculative=False
+            )
+            for t in r.tokens
+        ]
+        spec = [
+            t
+            for r in stream_generate(
+                model,
+                tokenizer,
+                prompt,
+                max_tokens=20,
+                tree=TreeShape(budget=8),
+                prompt_lookup=True,
+            )
+            for t in r.tokens
+        ]
+        assert spec == plain
+        ref = [
+            r.token
+            for r in mlx_lm.stream_generate(theirs, tokenizer, prompt, max_tokens=20)
+        ]
+        assert plain == ref
 
 
 def _greedy_hf(path, prompt, n):
