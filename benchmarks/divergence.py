@@ -7,7 +7,10 @@ by our plain decoding (the reference) and by:
 
 - ``plain-chunk7``: our plain decoding with 7-token prefill chunks (another equally
   valid plain decoder: the prompt's K/V are rounded differently);
-- ``mlx-lm``: ``mlx_lm.stream_generate`` on ``mlx_lm.load`` of the same directory;
+- ``mlx-lm``: ``mlx_lm.stream_generate`` on ``mlx_lm.load`` of the same directory
+  (in the directory's dtype);
+- ``mlx-lm-f32``: the same, its model widened to float32 as ours is on the CPU
+  (``precision.py``): the two runtimes with the same arithmetic;
 - ``spec-accepted`` / ``spec-tree``: Speculative Streaming, a 16-node tree + prompt
   lookup, with the accepted-node or the in-tree stream pass.
 
@@ -50,7 +53,7 @@ DTYPES = {  # name -> converter arguments
     "q8": dict(dtype="bfloat16", quantize=True, q_bits=8),
     "q4": dict(dtype="bfloat16", quantize=True, q_bits=4),
 }
-SETTINGS = ["plain-chunk7", "mlx-lm", "spec-accepted", "spec-tree"]
+SETTINGS = ["plain-chunk7", "mlx-lm", "mlx-lm-f32", "spec-accepted", "spec-tree"]
 
 
 def prompts(n: int, data: Optional[str], per_task: int) -> List[tuple]:
@@ -113,11 +116,14 @@ def run_dtype(
     import mlx_lm
 
     from mlx_specstream import load
+    from mlx_specstream.precision import set_compute_dtype
     from mlx_specstream.prompts import apply_chat_template, encode_prompt
     from mlx_specstream.tree import TreeShape
 
     model, tokenizer = load(str(path), compute_dtype=compute)
     ref_model, _ = mlx_lm.load(str(path))
+    wide_model, _ = mlx_lm.load(str(path))
+    set_compute_dtype(wide_model, "float32")
     spec = dict(tree=TreeShape(budget=16), prompt_lookup=True)
     rows = {s: [] for s in SETTINGS}
     seconds = {s: 0.0 for s in ["plain"] + SETTINGS}
@@ -140,6 +146,8 @@ def run_dtype(
                 )
             elif s == "mlx-lm":
                 outs[s] = decode_mlx_lm(ref_model, tokenizer, ids, max_tokens)
+            elif s == "mlx-lm-f32":
+                outs[s] = decode_mlx_lm(wide_model, tokenizer, ids, max_tokens)
             else:
                 outs[s], _ = decode_ours(
                     model,
