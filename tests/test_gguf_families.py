@@ -95,7 +95,23 @@ FAMILIES = {
         ),
         "phi3",
     ),
+    # Phi-3-mini-4k with a window of 8 (its real one is 2047): the test's prompts and
+    # generations run past it
+    "phi3-window": (
+        "tiny_hf_phi3",
+        dict(
+            vocab_size=len(PHI_TOKENS),
+            rope_scaling=None,
+            partial_rotary_factor=1.0,
+            tie_word_embeddings=False,
+            sliding_window=8,
+        ),
+        "phi3",
+    ),
 }
+# What transformers' GGUF loader reads to a different model: phi3 without partial
+# rotary, LongRoPE and sliding window.
+NOT_READ_BY_TRANSFORMERS = ("phi3", "phi3-window")
 # Hugging Face -> llama.cpp, written independently of mlx_specstream.gguf
 GLOBAL = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -254,7 +270,9 @@ CONFIG_KEYS = (
 
 @pytest.mark.torch
 def test_config_and_tensors(family):
-    name, _, hf_dir, stored, out = family
+    from mlx_specstream.convert.convert import convert
+
+    name, d, hf_dir, stored, out = family
     src = json.loads((hf_dir / "config.json").read_text())
     config = json.loads((out / "config.json").read_text())
     for k in CONFIG_KEYS:
@@ -277,10 +295,14 @@ def test_config_and_tensors(family):
             assert config["rope_scaling"]["type"] == "longrope"
             for key in ("long_factor", "short_factor"):
                 np.testing.assert_allclose(config["rope_scaling"][key], scaling[key])
-    got = mx.load(str(out / "model.safetensors"))
-    assert set(got) == set(stored), name  # no rope factors among the weights
-    for k, v in stored.items():  # as stored: no Q/K unpermuting outside llama
-        np.testing.assert_array_equal(np.array(got[k]), v, err_msg=k)
+    # The converter (``mlx-specstream convert``) reads the GGUF the same way.
+    converted = convert(d / "m.gguf", d / "converted")
+    assert json.loads((converted / "config.json").read_text()) == config
+    for directory in (out, converted):
+        got = mx.load(str(directory / "model.safetensors"))
+        assert set(got) == set(stored), name  # no rope factors among the weights
+        for k, v in stored.items():  # as stored: no Q/K unpermuting outside llama
+            np.testing.assert_array_equal(np.array(got[k]), v, err_msg=k)
 
 
 def _greedy_hf(model, ids, n):
@@ -347,8 +369,8 @@ def test_greedy_matches_source_and_transformers_gguf(family):
     lookup_plain = _ours(out, lookup_ids, n, speculative=False)[0]
     lookup, _, _, drafted = _ours(out, lookup_ids, n, True, prompt_lookup=True)
     assert lookup == lookup_plain and drafted > 0, (name, drafted)
-    if name == "phi3":
-        return  # transformers' GGUF phi3 has no partial rotary or LongRoPE
+    if name in NOT_READ_BY_TRANSFORMERS:
+        return
     # transformers' qwen3 GGUF mapping ignores attention.key_length (Qwen3Config's
     # default head_dim, 128, is every released Qwen3's): give it ours.
     extra = {"head_dim": src.config.head_dim} if name == "qwen3" else {}
