@@ -298,7 +298,7 @@ def _base_config(meta: Dict, tensor_names: List[str], arch: str, path: Path) -> 
 
 
 def _qwen_config(arch: str, model_type: str, architecture: str):
-    def config(meta: Dict, tensor_names: List[str], path: Path, factors) -> Dict:
+    def config(meta: Dict, tensor_names: List[str], path: Path, factors: Dict) -> Dict:
         if meta.get(f"{arch}.expert_count", 0):
             raise ModelFileError(
                 path, "mixture-of-experts GGUF models are not supported"
