@@ -17,7 +17,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from mlx_specstream.benchmarks.bench_decode import plain_tps, word_tokenizer
+from mlx_specstream.benchmarks.bench_decode import (
+    SMOLLM2_SHAPE,
+    plain_tps,
+    word_tokenizer,
+)
 from mlx_specstream.blas import active_blas, ensure_openblas
 
 # config.json of a random stand-in per family: the published shapes of SmolLM2-135M,
@@ -25,19 +29,7 @@ from mlx_specstream.blas import active_blas, ensure_openblas
 # rotary 0.75, tied head) at a quarter of its depth and a third of its width, since
 # 3.8B float32 parameters do not decode usefully on 2 cores.
 SHAPES = {
-    "llama": dict(
-        model_type="llama",
-        hidden_size=576,
-        num_hidden_layers=30,
-        intermediate_size=1536,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        rms_norm_eps=1e-5,
-        vocab_size=49152,
-        max_position_embeddings=8192,
-        rope_theta=100000.0,
-        tie_word_embeddings=True,
-    ),
+    "llama": SMOLLM2_SHAPE,
     "qwen3": dict(
         model_type="qwen3",
         hidden_size=1024,
