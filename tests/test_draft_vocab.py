@@ -12,11 +12,16 @@ import numpy as np
 import pytest
 from conftest import tiny_config, tiny_hf_tokenizer, tiny_model, wrap
 from test_generate import PROMPT, SHAPES, STREAMS, TREES, OracleDrafter, per_pass, run
-from test_sampling import _chi2_ok
+from test_sampling import (
+    SAMPLED_TEMP,
+    _chi2_ok,
+    sample_speculative,
+    sampling_model,
+    two_token_laws,
+)
 
 from mlx_specstream.drafters import StreamDrafter, StreamTopK
 from mlx_specstream.errors import ModelFileError
-from mlx_specstream.format import StreamArgs
 from mlx_specstream.format import DRAFT_VOCAB, STREAMS_FILE
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.model_io import load_model, save_model
@@ -139,34 +144,18 @@ def test_replay_with_a_draft_vocabulary_counts_the_decoders_passes():
 def test_sampling_with_a_draft_vocabulary_keeps_the_distribution():
     """The law of generated token 2 equals the model's exact law (test_sampling's
     end-to-end check) when streams draft from 6 of 16 tokens."""
-    vocab, temp = 16, 0.7
-    tok = wrap(tiny_hf_tokenizer(vocab), eos_token_ids=[])
-    model = tiny_model(
-        7,
-        StreamArgs(num_streams=2, num_stream_layers=1),
-        vocab_size=vocab,
-        hidden_size=32,
-        num_hidden_layers=2,
-        intermediate_size=64,
-    )
-    prompt, args = [3, 5, 7], SamplingArgs(temp=temp)
+    model, tok = sampling_model()
+    args = SamplingArgs(temp=SAMPLED_TEMP)
 
     def probs(ids):
         logits = model(mx.array([ids]))[0, -1:]
         return np.exp(np.array(target_logprobs(logits, args)))[0]
 
-    p1 = probs(prompt)
-    p2 = sum(p1[t] * probs(prompt + [t]) for t in range(vocab))
+    _, p2 = two_token_laws(probs)
     # The subset holds the likeliest second tokens, so drafts are often accepted.
     model.set_draft_vocab(np.argsort(-p2)[:6])
     n, c2, drafted = 500, Counter(), 0
-    mx.random.seed(5)
-    for _ in range(n):
-        rs = list(
-            stream_generate(
-                model, tok, prompt, max_tokens=3, temp=temp, tree=TreeShape(budget=6)
-            )
-        )
+    for rs in sample_speculative(model, tok, n, seed=5):
         c2[rs[1].token] += 1
         drafted += rs[1].from_draft
     assert _chi2_ok(c2, p2, n)

@@ -17,8 +17,14 @@ from typing import List
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import tiny_hf_tokenizer, tiny_model, wrap
-from test_sampling import _chi2_ok
+from conftest import tiny_model
+from test_sampling import (
+    SAMPLED_TEMP,
+    _chi2_ok,
+    sample_speculative,
+    sampling_model,
+    two_token_laws,
+)
 
 from mlx_specstream import decoder
 from mlx_specstream.decoder import plain_generate_step
@@ -117,35 +123,18 @@ def test_bound_has_power(tokenizer, monkeypatch):
 def test_sampled_speculative_matches_plain_distribution_bf16():
     """test_sampling.py's chi-square test on a bfloat16 model: the law of generated
     tokens 1 and 2 is the plain sampler's (its float32 logits of the bf16 model)."""
-    vocab, temp = 16, 0.7
-    tok = wrap(tiny_hf_tokenizer(vocab), eos_token_ids=[])
-    model = tiny_model(
-        7,
-        StreamArgs(num_streams=2, num_stream_layers=1),
-        vocab_size=vocab,
-        hidden_size=32,
-        num_hidden_layers=2,
-        intermediate_size=64,
-    )
+    model, tok = sampling_model()
     model.set_dtype(mx.bfloat16)
-    prompt, args = [3, 5, 7], SamplingArgs(temp=temp)
+    args = SamplingArgs(temp=SAMPLED_TEMP)
 
     def probs(ids):  # the plain sampler's distribution after ids
         step = next(plain_generate_step(ids, model, args))
         return np.exp(np.array(target_logprobs(step.logprobs, args)))[0]
 
-    p1 = probs(prompt)
-    p2 = sum(p1[t] * probs(prompt + [t]) for t in range(vocab))
+    p1, p2 = two_token_laws(probs)
     n, c1, c2 = 500, Counter(), Counter()
-    mx.random.seed(3)
-    for _ in range(n):
-        out = [
-            t
-            for r in stream_generate(
-                model, tok, prompt, max_tokens=3, temp=temp, tree=TreeShape(budget=6)
-            )
-            for t in r.tokens
-        ]
+    for rs in sample_speculative(model, tok, n, seed=3):
+        out = [t for r in rs for t in r.tokens]
         c1[out[0]] += 1
         c2[out[1]] += 1
     assert _chi2_ok(c1, p1, n)

@@ -64,37 +64,60 @@ def _chi2_ok(counts: Counter, probs: np.ndarray, n: int) -> bool:
     return stat < crit
 
 
-def test_sampled_speculative_matches_plain_distribution():
-    """End to end: the law of generated tokens 1 and 2 equals the model's exact law."""
-    vocab, temp = 16, 0.7
-    tok = wrap(tiny_hf_tokenizer(vocab), eos_token_ids=[])
+SAMPLED_VOCAB, SAMPLED_TEMP, SAMPLED_PROMPT = 16, 0.7, [3, 5, 7]
+
+
+def sampling_model():
+    """The small model of the end-to-end chi-square tests, and its tokenizer."""
     model = tiny_model(
         7,
         StreamArgs(num_streams=2, num_stream_layers=1),
-        vocab_size=vocab,
+        vocab_size=SAMPLED_VOCAB,
         hidden_size=32,
         num_hidden_layers=2,
         intermediate_size=64,
     )
-    prompt, args = [3, 5, 7], SamplingArgs(temp=temp)
+    return model, wrap(tiny_hf_tokenizer(SAMPLED_VOCAB), eos_token_ids=[])
+
+
+def two_token_laws(probs) -> tuple:
+    """Exact laws of generated tokens 1 and 2, from ``probs(ids)`` (the sampler's
+    next-token distribution after ``ids``)."""
+    p1 = probs(SAMPLED_PROMPT)
+    p2 = sum(p1[t] * probs(SAMPLED_PROMPT + [t]) for t in range(SAMPLED_VOCAB))
+    return p1, p2
+
+
+def sample_speculative(model, tok, n: int, seed: int):
+    """``n`` sampled 3-token generations (6-node trees): their responses, in order."""
+    mx.random.seed(seed)
+    for _ in range(n):
+        yield list(
+            stream_generate(
+                model,
+                tok,
+                SAMPLED_PROMPT,
+                max_tokens=3,
+                temp=SAMPLED_TEMP,
+                tree=TreeShape(budget=6),
+            )
+        )
+
+
+def test_sampled_speculative_matches_plain_distribution():
+    """End to end: the law of generated tokens 1 and 2 equals the model's exact law."""
+    model, tok = sampling_model()
+    args = SamplingArgs(temp=SAMPLED_TEMP)
 
     def probs(ids):
         return np.exp(np.array(target_logprobs(model(mx.array([ids]))[0, -1:], args)))[
             0
         ]
 
-    p1 = probs(prompt)
-    p2 = sum(p1[t] * probs(prompt + [t]) for t in range(vocab))
+    p1, p2 = two_token_laws(probs)
     n, c1, c2 = 500, Counter(), Counter()
-    mx.random.seed(3)
-    for _ in range(n):
-        out = [
-            t
-            for r in stream_generate(
-                model, tok, prompt, max_tokens=3, temp=temp, tree=TreeShape(budget=6)
-            )
-            for t in r.tokens
-        ]
+    for rs in sample_speculative(model, tok, n, seed=3):
+        out = [t for r in rs for t in r.tokens]
         c1[out[0]] += 1
         c2[out[1]] += 1
     # Token 2 comes out of a drafted tree (accepted draft or correction after rejections).
