@@ -23,7 +23,6 @@ from .format import (
     stream_tensor_shapes,
 )
 from .models import families, gemma3
-from .models.draft_head import check_draft_vocab
 from .models.llama import Model
 
 SUPPORTED_MODEL_TYPES = tuple(SUPPORTED_ARCHITECTURES)
@@ -167,11 +166,10 @@ def take_draft_vocab(model: Model, streams: Dict[str, mx.array], file: Path) -> 
     draft_vocab = streams.pop(DRAFT_VOCAB, None)
     if draft_vocab is None:
         return
-    ids = np.array(draft_vocab)
-    problem = check_draft_vocab(ids, model.args.vocab_size)
-    if problem:
-        raise ModelFileError(file, problem)
-    model.set_draft_vocab(ids)
+    try:
+        model.set_draft_vocab(np.array(draft_vocab))  # checks the ids
+    except ValueError as e:
+        raise ModelFileError(file, str(e)) from None
 
 
 def load_model(path: Union[str, Path], lazy: bool = True) -> Model:

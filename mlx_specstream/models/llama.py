@@ -233,9 +233,7 @@ class Model(nn.Module):
                 logits round to ties (bf16 logits near 25 are 0.125 apart). A
                 float32 model computes exactly what it does without it.
         """
-        head = (
-            self.model.embed_tokens if self.args.tie_word_embeddings else self.lm_head
-        )
+        head = self.lm_head_module()
         if float32 and (
             h.dtype != mx.float32 or self.model.norm.weight.dtype != mx.float32
         ):
