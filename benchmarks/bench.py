@@ -36,6 +36,17 @@ CHAT_PROMPTS = [
     "Explain what a hash table is in two sentences.",
     "Write a haiku about autumn.",
 ]
+# More generic chat prompts, none of them in any training data (``--chat all``).
+MORE_CHAT = [
+    "How do I make a good cup of tea?",
+    "What are the main causes of climate change?",
+    "Suggest a name for a small bakery.",
+    "Why is the sky blue?",
+    "Write a short thank-you note to a colleague.",
+    "What is the difference between a list and a tuple in Python?",
+    "Give me a simple recipe for pancakes.",
+    "How can I improve my sleep?",
+]
 
 
 @dataclass
@@ -67,14 +78,18 @@ class Result:
         }
 
 
-def load_prompts(data: Optional[str], per_task: int) -> List[tuple]:
-    """(task, prompt) pairs: held-out test splits of ``data`` plus chat prompts."""
-    prompts = [("chat", p) for p in CHAT_PROMPTS]
+def load_prompts(data: Optional[str], per_task: int, chat: str = "4") -> List[tuple]:
+    """(task, prompt) pairs: held-out test splits of ``data`` plus chat prompts
+    (``chat``: "4" the first four, "all" twelve)."""
+    chats = CHAT_PROMPTS + (MORE_CHAT if chat == "all" else [])
+    prompts = [("chat", p) for p in chats]
     if data:
         for f in sorted(Path(data).glob("*_test.jsonl")):
             if f.stem.startswith("subset"):  # a mix of the task files, not a task
                 continue
             task = f.stem[: -len("_test")]
+            if task == "chat":  # held-out open chat prompts of the chat task set
+                task = "chat_test"
             prompts += [(task, p) for p in read_prompts(f)[:per_task]]
     return prompts
 
@@ -134,6 +149,13 @@ def make_methods(model, args) -> Dict[str, Callable]:
         "ss_plus_lookup_accepted_pass": dict(
             drafter=MixedDrafter(best_first), stream_pass="accepted"
         ),
+        "ss_plus_lookup_likely_pass": dict(
+            drafter=MixedDrafter(best_first), stream_pass="likely"
+        ),
+        "ss8_plus_lookup_likely_pass": dict(
+            drafter=MixedDrafter(StreamDrafter(TreeShape(budget=8))),
+            stream_pass="likely",
+        ),
         # What users get by default: the tree, stream pass and lookup calibrated
         # for this device (plain decoding where no tree pays).
         "ss_calibrated": dict(),
@@ -163,7 +185,7 @@ def run(model, tokenizer, args) -> Dict:
     args.tokenizer = tokenizer
     methods = make_methods(model, args)
     results = {name: Result() for name in methods}
-    prompts = load_prompts(args.data, args.per_task)
+    prompts = load_prompts(args.data, args.per_task, args.chat)
     by_task: Dict[str, Dict[str, Result]] = {}
     for i, (task, prompt) in enumerate(prompts):
         ids = encode_prompt(tokenizer, apply_chat_template(tokenizer, prompt))
@@ -284,6 +306,12 @@ def main(argv=None) -> None:
         "--data", default=None, help="directory with {task}_test.jsonl files"
     )
     p.add_argument("--per-task", type=int, default=3)
+    p.add_argument(
+        "--chat",
+        choices=("4", "all"),
+        default="4",
+        help="chat prompts: the first four, or all twelve held-out ones",
+    )
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--prune-threshold", type=float, default=0.01)
     p.add_argument("--medusa", default=None, help="directory with medusa heads")

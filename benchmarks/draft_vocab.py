@@ -37,8 +37,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "mlx_specstream" / "assets"
 
 def prompts_for(split: str, per_task: int, chat: bool) -> List[tuple]:
     """(task, prompt text) pairs of the synthetic task sets, plus chat prompts."""
-    from mlx_specstream.benchmarks.bench import CHAT_PROMPTS
-    from mlx_specstream.benchmarks.eval_acceptance import MORE_CHAT
+    from mlx_specstream.benchmarks.bench import CHAT_PROMPTS, MORE_CHAT
     from mlx_specstream.train.datasets.make import TASKS as GENERATORS
 
     out = []

@@ -29,22 +29,9 @@ TREES = {
     "best_first_16": ("best_first", 16),
     "best_first_32": ("best_first", 32),
 }
-# Generic chat prompts, none of them in the training data (bench.CHAT_PROMPTS first).
-MORE_CHAT = [
-    "How do I make a good cup of tea?",
-    "What are the main causes of climate change?",
-    "Suggest a name for a small bakery.",
-    "Why is the sky blue?",
-    "Write a short thank-you note to a colleague.",
-    "What is the difference between a list and a tuple in Python?",
-    "Give me a simple recipe for pancakes.",
-    "How can I improve my sleep?",
-]
-
-
 def chat_records(model, tokenizer, max_tokens: int) -> list:
     """Greedy answers to the chat prompts, in the distill output's layout."""
-    from mlx_specstream.benchmarks.bench import CHAT_PROMPTS
+    from mlx_specstream.benchmarks.bench import CHAT_PROMPTS, MORE_CHAT
     from mlx_specstream.decoder import generate_step
     from mlx_specstream.prompts import apply_chat_template, encode_prompt
 

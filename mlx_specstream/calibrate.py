@@ -5,8 +5,9 @@ Speed is tokens per pass over the cost of a pass. Both are measured:
 
 - the cost ``c(T)`` of a decoding step with a tree of ``T`` nodes, relative to a plain
   one-token step, by timing the decoder's own steps on this device (methods
-  interleaved round by round), for both stream passes: streams for every tree node
-  in the verify pass (the paper's layout) or only for the accepted node, afterwards;
+  interleaved round by round, on the longest calibration prompt), for each stream
+  pass: streams for every tree node in the verify pass (the paper's layout), only
+  for the accepted node afterwards, or for the likeliest nodes in the pass;
 - the tokens per pass ``E(T)`` of a best-first tree of ``T`` nodes, with and without
   a prompt-lookup chain in the tree, by replaying greedy decoding of calibration
   prompts: the greedy output is the same for every tree, and the streams at every
@@ -22,7 +23,7 @@ import argparse
 import statistics
 import sys
 import time
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
@@ -35,7 +36,12 @@ from .calibration import (
     device_key,
     save_calibration,
 )
-from .decoder import DecodeOptions, generate_step, speculative_generate_step
+from .decoder import (
+    STREAM_PASSES,
+    DecodeOptions,
+    generate_step,
+    speculative_generate_step,
+)
 from .drafters import MixedDrafter, StreamDrafter
 from .models.llama import Model
 from .prompts import apply_chat_template, encode_prompt, read_prompts
@@ -45,7 +51,6 @@ from .tree import TreeShape
 from .utils import load
 
 DEFAULT_BUDGETS = (1, 2, 4, 8, 16, 32)
-STREAM_PASSES = ("tree", "accepted")
 CALIBRATION_PROMPTS = (
     "What is the capital of France?",
     "Write a SQL query that lists the name and salary of every employee in the sales "
@@ -82,14 +87,19 @@ def measure_costs(
     prefix: int = 128,
     rounds: int = 3,
     block: int = 3,
+    prompt: Optional[Sequence[int]] = None,
 ) -> Dict[str, Dict[int, float]]:
     """Median seconds per decoding step: ``{stream_pass: {T: s}}``, ``T = 1`` plain.
 
-    Every configuration decodes the same random prompt with the real decoder, a few
-    steps per configuration per round, so slow spells of a noisy machine hit all.
+    Every configuration decodes the same prompt with the real decoder, a few steps
+    per configuration per round, so slow spells of a noisy machine hit all. Give a
+    real ``prompt`` (token ids): the "likely" stream pass costs more where its
+    anchors miss the accepted node, which a random one (``prefix`` tokens, the
+    default) hardly ever does.
     """
-    rng = np.random.default_rng(0)
-    prompt = rng.integers(1, model.args.vocab_size, prefix + 1).tolist()
+    if prompt is None:
+        rng = np.random.default_rng(0)
+        prompt = rng.integers(1, model.args.vocab_size, prefix + 1).tolist()
     runs = {("plain", 1): generate_step(prompt, model)}
     for sp in stream_passes:
         for T in sizes:
@@ -122,7 +132,10 @@ def calibrate(
 ) -> Calibration:
     """Measure this device and the model's streams; return the best tree."""
     budgets = sorted({1, *budgets})
-    seconds = measure_costs(model, budgets)
+    prompt_ids = [
+        encode_prompt(tokenizer, apply_chat_template(tokenizer, p)) for p in prompts
+    ]
+    seconds = measure_costs(model, budgets, prompt=max(prompt_ids, key=len))
     base = seconds[STREAM_PASSES[0]][1]
     costs = {sp: {T: s / base for T, s in c.items()} for sp, c in seconds.items()}
     drafters = {
@@ -131,8 +144,7 @@ def calibrate(
     }
     passes = {d: {T: 0 for T in budgets} for d in drafters}
     total = 0
-    for p in prompts:
-        ids = encode_prompt(tokenizer, apply_chat_template(tokenizer, p))
+    for ids in prompt_ids:
         out = []
         for t in generate_step(ids, model):
             if t in tokenizer.eos_token_ids or len(out) == max_tokens:

@@ -19,7 +19,7 @@ from .blas import active_blas
 from .files import cache_root, write_text_atomically
 
 # Bump when what is measured changes: older cached results are then re-measured.
-CALIBRATION_VERSION = 3
+CALIBRATION_VERSION = 4
 
 
 @dataclass

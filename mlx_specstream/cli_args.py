@@ -13,6 +13,7 @@ import mlx.core as mx
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from .calibrate import ensure_calibrated
+from .decoder import STREAM_PASSES
 from .models.llama import Model
 from .registry import DEFAULT_MODEL
 from .tree import TreeShape
@@ -49,10 +50,10 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prune-threshold", type=float, default=None)
     parser.add_argument(
         "--stream-pass",
-        choices=["tree", "accepted"],
+        choices=list(STREAM_PASSES),
         default=None,
-        help="streams for every tree node in the pass, or for the accepted node only "
-        "(default: calibrated)",
+        help="streams for every tree node in the pass, for the accepted node only "
+        "(after it), or for the likeliest nodes in it (default: calibrated)",
     )
     parser.add_argument(
         "--prompt-lookup",

@@ -11,6 +11,9 @@ token (the next root) and, through its streams, the next draft.
 With ``stream_pass="accepted"`` the verify pass carries no stream rows; instead the
 accepted node's γ streams run alone through the top Ns layers after compaction. That
 trades a short extra pass for T·γ fewer rows, which pays off where rows are costly.
+``stream_pass="likely"`` sits between them: stream rows ride in the verify pass for
+the few nodes most likely to end the accepted path (``Tree.likely_anchors``), and
+only when another node ends it do its streams run after the pass.
 
 Both loops continue a ``PromptCache``: it records the conversation, and the token
 the previous call left unfed is fed before the new prompt. mlx-lm logits processors
@@ -43,18 +46,38 @@ from .tree import Tree
 ProgressCallback = Callable[[int, int], None]
 
 
+# "tree": stream rows for every node in the verify pass (the paper's layout);
+# "accepted": the accepted node's streams alone, after the pass; "likely": rows for
+# the likeliest anchors in the pass, the accepted node's after it on a miss.
+STREAM_PASSES = ("tree", "accepted", "likely")
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
     """Runtime knobs of the speculative loop."""
 
     prune_threshold: float = 0.0
-    stream_pass: str = "tree"  # "tree" (paper: one pass) or "accepted"
+    stream_pass: str = "tree"  # one of STREAM_PASSES
     prefill_step_size: int = 512
+    likely_anchors: int = 4  # "likely": nodes given stream rows in the verify pass
+    # A step's cost relative to a plain step (the calibration's c(T)); when set, a
+    # run still below that many tokens per pass after ``fallback_after`` passes
+    # decodes plainly from then on: speculation that does not pay is dropped.
+    fallback_cost: float = 0.0
+    fallback_after: int = 8
 
     def __post_init__(self):
-        if self.stream_pass not in ("tree", "accepted"):
+        if self.stream_pass not in STREAM_PASSES:
             raise ValueError(
-                f"stream_pass must be 'tree' or 'accepted', got {self.stream_pass!r}"
+                f"stream_pass must be one of {', '.join(map(repr, STREAM_PASSES))}, "
+                f"got {self.stream_pass!r}"
+            )
+        if self.likely_anchors < 1:
+            raise ValueError(f"likely_anchors must be >= 1, got {self.likely_anchors}")
+        if self.fallback_cost < 0 or self.fallback_after < 1:
+            raise ValueError(
+                "fallback_cost must be >= 0 and fallback_after >= 1, got "
+                f"{self.fallback_cost} and {self.fallback_after}"
             )
         if not 0.0 <= self.prune_threshold < 1.0:
             raise ValueError(
@@ -147,6 +170,20 @@ def plain_generate_step(
     """
     cache = as_prompt_cache(model, prompt_cache)
     total = _begin(model, prompt, cache, prefill_step_size, prompt_progress_callback)
+    done = None
+    if prompt_progress_callback is not None:
+        done = lambda: prompt_progress_callback(total, total)  # noqa: E731
+    yield from _plain_steps(model, cache, sampler, logits_processors, done)
+
+
+def _plain_steps(
+    model: Model,
+    cache: PromptCache,
+    sampler: Sampler,
+    logits_processors: Optional[Sequence[LogitsProcessor]],
+    on_first: Optional[Callable[[], None]] = None,
+) -> Iterator[Step]:
+    """Plain decoding steps from a cache whose last token is not fed yet."""
     known = known_sampler(sampler)
     greedy = known is not None and known.greedy
     context = mx.array(cache.tokens) if logits_processors else None
@@ -171,8 +208,8 @@ def plain_generate_step(
         next_y, next_logprobs = _step(y)
         mx.async_eval(next_y)
         token = y.item()  # host sync
-        if first and prompt_progress_callback is not None:
-            prompt_progress_callback(total, total)
+        if first and on_first is not None:
+            on_first()
         first = False
         cache.tokens.append(token)
         cache.pending = 0
@@ -298,16 +335,15 @@ def speculative_generate_step(
         model, prompt, cache, options.prefill_step_size, prompt_progress_callback
     )
     heads = getattr(drafter, "candidates", None)  # drafters with their own heads
-    streams_in_pass = (
-        options.stream_pass == "tree" and drafter.top_k > 0 and heads is None
-    )
+    run_streams = drafter.top_k > 0 and heads is None
+    anchors_of = _anchor_choice(options) if run_streams else None
 
     # The last prompt token is a one-node tree whose streams draft the first tree.
     tree = Tree((cache.tokens[-1],), (-1,))
-    emitted = 0
+    emitted = passes = 0
     while max_tokens < 0 or emitted < max_tokens:
         offset = cache[0].offset
-        p = _forward_tree(model, cache, tree, options.prune_threshold, streams_in_pass)
+        p = _forward_tree(model, cache, tree, options.prune_threshold, anchors_of)
         T = p.tree.size
         path, correction, logprobs = verify(
             p.tree, model.logits(p.h_top[0, :T], float32=True), cache.tokens
@@ -323,20 +359,31 @@ def speculative_generate_step(
         anchor = path[-1]
         if heads is not None:  # e.g. Medusa: heads on the accepted node's final state
             streams = heads(model.model.norm(p.h_top[0, anchor]))
-        elif streams_in_pass:
-            g = model.streams.args.num_streams
+        elif anchor in p.anchors:  # its stream rows rode in the verify pass
+            g, a = model.streams.args.num_streams, p.anchors.index(anchor)
             streams = _stream_topk(
-                model, p.h_top[0, T + anchor * g : T + (anchor + 1) * g], drafter.top_k
+                model, p.h_top[0, T + a * g : T + (a + 1) * g], drafter.top_k
             )
-        elif drafter.top_k > 0:
+        elif run_streams:
             s = _streams_after_compaction(
                 model, cache, p.h_split[0, anchor], offset + len(path) - 1
             )
             streams = _stream_topk(model, s, drafter.top_k)
         else:
             streams = None
-        emitted += len(tokens)
+        emitted, passes = emitted + len(tokens), passes + 1
         yield Step(tokens, tree.size, T, len(tokens) - 1, logprobs)
+        if (
+            options.fallback_cost > 0
+            and passes >= options.fallback_after
+            and emitted < options.fallback_cost * passes
+        ):  # slower than plain decoding so far: decode plainly
+            for step in _plain_steps(model, cache, sampling, logits_processors):
+                if 0 <= max_tokens <= emitted:
+                    return
+                emitted += 1
+                yield step
+            return
         tree = drafter.draft(correction, streams, cache.tokens)
         if max_tokens >= 0:
             tree = tree.within(max_tokens - emitted)
@@ -349,13 +396,35 @@ class _Pass:
     tree: Tree
     kept: List[int]  # index in the drafted tree of each verified node
     h_split: mx.array  # (1, T, h) main states entering layer l
-    h_top: mx.array  # (1, T [+ T * γ], h) top-layer states, main rows first
+    h_top: mx.array  # (1, T + A * γ, h) top-layer states, main rows first
+    anchors: List[int]  # the A verified nodes whose stream rows follow the main rows
+
+
+AnchorChoice = Callable[[Tree], List[int]]
+
+
+def _anchor_choice(options: DecodeOptions) -> AnchorChoice:
+    """Which verified nodes get stream rows in the verify pass."""
+    if options.stream_pass == "tree":
+        return lambda tree: list(range(tree.size))
+    if options.stream_pass == "likely":
+        return lambda tree: tree.likely_anchors(options.likely_anchors)
+    return lambda tree: []
 
 
 def _forward_tree(
-    model: Model, cache: list, tree: Tree, prune_threshold: float, with_streams: bool
+    model: Model,
+    cache: list,
+    tree: Tree,
+    prune_threshold: float,
+    anchors_of: Optional[AnchorChoice],
 ) -> _Pass:
-    """Lower layers, pruning at layer l, stream insertion, top layers."""
+    """Lower layers, pruning at layer l, stream insertion, top layers.
+
+    Args:
+        anchors_of: picks the nodes of the (pruned) tree that get γ stream rows in
+            the top layers; None: no stream rows.
+    """
     offset = cache[0].offset
     if tree.size == 1:
         # A lone root (the first pass after prefill, or a pass with nothing drafted)
@@ -372,15 +441,18 @@ def _forward_tree(
         tree, h = tree.keep(kept), h[:, mx.array(kept)]
         rows = Rows.tree(tree.ancestor_mask, tree.depths, offset, model.streams)
     h_split = h
-    if with_streams:
-        rows = rows.with_streams(list(range(tree.size)))
-        s = model.streams.insert_streams(h[0]).reshape(1, -1, h.shape[-1])
+    anchors = anchors_of(tree) if anchors_of else []
+    if anchors:
+        rows = rows.with_streams(anchors)
+        a = h[0] if len(anchors) == tree.size else h[0, mx.array(anchors)]
+        s = model.streams.insert_streams(a).reshape(1, -1, h.shape[-1])  # (1, A*γ, h)
         h = mx.concatenate([h, s], axis=1)
     return _Pass(
         tree,
         kept,
         h_split,
         model.run_layers(h, rows, cache, model.split, len(model.layers)),
+        anchors,
     )
 
 

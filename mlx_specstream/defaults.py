@@ -24,6 +24,10 @@ DEFAULT_STREAM_PASS = "accepted"
 class Speculation:
     drafter: Drafter
     stream_pass: str
+    # The calibrated cost of a step relative to a plain one where the tree is the
+    # calibrated default (0 otherwise): a run whose tokens per pass stay below it
+    # falls back to plain decoding (``DecodeOptions.fallback_cost``).
+    fallback_cost: float = 0.0
 
 
 def choose_speculation(
@@ -48,14 +52,20 @@ def choose_speculation(
         prompt_lookup = cal is not None and cal.prompt_lookup
     if not model.has_streams:
         # Untrained streams draft noise: only prompt lookup, and only when asked.
-        return Speculation(PromptLookupDrafter(), stream_pass) if prompt_lookup else None
+        return (
+            Speculation(PromptLookupDrafter(), stream_pass) if prompt_lookup else None
+        )
+    fallback = 0.0
     if tree is None:
         if cal is None and not prompt_lookup:
             return None  # not measured on this device: plain decoding
         tree = TreeShape(budget=cal.budget) if cal is not None else TreeShape()
+        if cal is not None:
+            costs = cal.all_costs.get(stream_pass) or cal.costs
+            fallback = costs.get(cal.budget, 0.0)
     streams = StreamDrafter(tree)
     if prompt_lookup:
-        return Speculation(MixedDrafter(streams), stream_pass)
+        return Speculation(MixedDrafter(streams), stream_pass, fallback)
     if streams.shape.size <= 1:
         return None  # a one-node tree is plain decoding
-    return Speculation(streams, stream_pass)
+    return Speculation(streams, stream_pass, fallback)

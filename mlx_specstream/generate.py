@@ -229,9 +229,10 @@ def stream_generate(
             ``mlx-specstream calibrate`` has run on this device, else plain decoding
             (see ``defaults.py``).
         prune_threshold: early-exit pruning threshold (default: the model's setting).
-        stream_pass: "tree" (streams for every node, one pass) or "accepted" (the
-            accepted node's streams alone, after the pass). Default: calibrated,
-            else "accepted".
+        stream_pass: "tree" (streams for every node, one pass), "accepted" (the
+            accepted node's streams alone, after the pass) or "likely" (streams
+            for the likeliest nodes in the pass, the accepted node's after it
+            when it is another). Default: calibrated, else "accepted".
         drafter: replaces the stream drafter (prompt lookup, tests' oracles).
         prompt_lookup: put an n-gram chain copied from the conversation in each
             tree, within its budget. Default: calibrated, else False.
@@ -268,6 +269,7 @@ def stream_generate(
             prune_threshold,
             spec.stream_pass if spec else stream_pass or DEFAULT_STREAM_PASS,
             prefill_step_size,
+            fallback_cost=spec.fallback_cost if spec else 0.0,
         )
     common = dict(
         prompt_cache=cache,

@@ -27,6 +27,7 @@ def test_bench_methods_agree_with_plain_and_mlx_lm(tmp_path):
         prune_threshold=0.05,
         medusa=None,
         methods=None,
+        chat="4",
     )
     report = run(model, tokenizer, args)
     methods = report["methods"]

@@ -40,7 +40,7 @@ def test_calibrate_picks_the_best_measured_configuration():
     cal = calibrate(
         model, tok, prompts=["t1 t2 t3", "t9 t8"], budgets=(1, 4, 8), max_tokens=12
     )
-    assert set(cal.all_costs) == {"tree", "accepted"}
+    assert set(cal.all_costs) == {"tree", "accepted", "likely"}
     assert set(cal.all_tokens_per_pass) == {"streams", "streams+lookup"}
     for c in cal.all_costs.values():
         assert set(c) == {1, 4, 8} and c[1] == 1.0 and all(v > 0 for v in c.values())
@@ -122,3 +122,24 @@ def test_read_prompts_from_jsonl_and_text(tmp_path):
         read_prompts(t)
     with pytest.raises(FileNotFoundError):
         read_prompts(tmp_path / "missing.txt")
+
+
+def test_calibrated_default_falls_back_to_plain_where_trees_do_not_pay():
+    """A calibrated tree whose tokens per pass stay below its measured cost decodes
+    plainly after a few passes; output equals plain decoding either way."""
+    from mlx_specstream import calibration as C
+
+    tok = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
+    model = tiny_model(1)  # random streams: drafts are hardly ever accepted
+    plain = [t for r in stream_generate(model, tok, [4, 5, 6], max_tokens=40,
+                                        speculative=False) for t in r.tokens]  # fmt: skip
+    for cost, falls_back in ((3.0, True), (1.0, False)):
+        costs = {1: 1.0, 8: cost}
+        model.calibration = C.Calibration(8, "dev", costs, {1: 1.0, 8: 2.0}, 0.1,
+                                          "likely", False, {"likely": costs})  # fmt: skip
+        rs = list(stream_generate(model, tok, [4, 5, 6], max_tokens=40))
+        assert [t for r in rs for t in r.tokens] == plain
+        late = [r.tree_size for r in rs[12:]]  # after the 8 passes it waits for
+        assert (set(late) == {1}) == falls_back, late
+        assert rs[-1].forward_calls <= 40
+    model.calibration = None

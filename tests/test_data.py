@@ -12,6 +12,7 @@ pytest.importorskip("sqlglot")
 
 from mlx_specstream.train.datasets import (  # noqa: E402
     SPLITS,
+    chat,
     dialogue,
     instructions,
     make,
@@ -24,6 +25,7 @@ GENERATORS = {
     "mr2text": mr2text.generate,
     "dialogue": dialogue.generate,
     "instructions": instructions.generate,
+    "chat": chat.generate,
 }
 SIZES = {"train": 120, "valid": 30, "test": 30}
 
@@ -49,7 +51,7 @@ def test_make_datasets_byte_identical(tmp_path):
     sizes = {"train": 8, "valid": 3, "test": 3}
     p1 = make.make_datasets(str(tmp_path / "a"), seed=1, sizes=sizes)
     p2 = make.make_datasets(str(tmp_path / "b"), seed=1, sizes=sizes)
-    assert len(p1) == 4 * len(SPLITS)
+    assert len(p1) == len(make.TASKS) * len(SPLITS)
     for name in p1:
         assert p1[name].read_bytes() == p2[name].read_bytes()
     assert not list((tmp_path / "a").glob(".*tmp"))  # no temp file left behind

@@ -9,7 +9,8 @@ import mlx.core as mx
 import pytest
 from conftest import tiny_hf_tokenizer, tiny_model, wrap
 
-from mlx_specstream.decoder import speculative_generate_step
+from mlx_specstream import decoder
+from mlx_specstream.decoder import STREAM_PASSES, speculative_generate_step
 from mlx_specstream.drafters import StreamDrafter, StreamTopK
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import generate, stream_generate
@@ -104,7 +105,7 @@ def test_greedy_lossless_random_streams(tokenizer, shape, seed):
     plain, _ = run(model, tokenizer, max_tokens=48, speculative=False)
     assert len(plain) >= 1
     for i, tree in enumerate(TREES):
-        pass_kind = "tree" if (seed + i) % 2 == 0 else "accepted"
+        pass_kind = STREAM_PASSES[(seed + i) % len(STREAM_PASSES)]
         spec, rs = run(
             model, tokenizer, max_tokens=48, tree=tree, stream_pass=pass_kind
         )
@@ -163,6 +164,69 @@ def test_oracle_draft_accepts_many_tokens_per_pass(depth, seed):
     if (len(plain) - 1) % (depth + 1):
         expected.append((len(plain) - 1) % (depth + 1))
     assert per_pass(rs) == expected
+
+
+@dataclass
+class RecordingStreams(StreamDrafter):
+    """A stream tree plus the true next token as a leaf, the first child in even
+    trees and the last in odd ones (so the accepted path ends both inside and
+    outside the likely anchors); records every tree."""
+
+    truth: List[int] = None
+    prompt_len: int = 0
+    trees: List[Tree] = None
+
+    def draft(self, root, streams, history) -> Tree:
+        n = len(history) - self.prompt_len
+        self.trees = self.trees or []
+        truth = [tuple(self.truth[n : n + 1])]
+        odd = len(self.trees) % 2
+        paths = self.paths(streams) + truth if odd else truth + self.paths(streams)
+        tree = Tree.from_paths(root, paths)
+        self.trees.append(tree)
+        return tree
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_likely_stream_pass_drafts_as_the_others(tokenizer, seed, monkeypatch):
+    """In-pass stream rows of the likely anchors give the drafts the accepted-node
+    pass gives, and a node outside them falls back to that pass."""
+    model = tiny_model(seed, STREAMS[seed % len(STREAMS)])
+    plain, _ = run(model, tokenizer, max_tokens=40, speculative=False)
+    after_pass = decoder._streams_after_compaction
+    calls = []
+    monkeypatch.setattr(
+        decoder,
+        "_streams_after_compaction",
+        lambda *a: calls.append(1) or after_pass(*a),
+    )
+    trees, fallbacks = {}, {}
+    for sp in STREAM_PASSES:
+        calls.clear()
+        drafter = RecordingStreams(TreeShape(budget=8), plain, len(PROMPT))
+        out, _ = run(model, tokenizer, max_tokens=40, drafter=drafter, stream_pass=sp)
+        assert out == plain, sp
+        trees[sp], fallbacks[sp] = drafter.trees, len(calls)
+    assert trees["likely"] == trees["accepted"] == trees["tree"]
+    # "accepted" runs the extra pass after every pass (the last one's is not drafted).
+    assert fallbacks["tree"] == 0
+    assert fallbacks["accepted"] - len(trees["accepted"]) in (0, 1)
+    assert 0 < fallbacks["likely"] < len(trees["likely"])
+
+
+def test_likely_anchors_are_the_heaviest_nodes():
+    #      0
+    #    1   2        subtree sizes 7; 2, 4; 1, 2, 1; 1
+    #   3   4 5
+    #       6
+    tree = Tree((0, 1, 2, 3, 4, 5, 6), (-1, 0, 0, 1, 2, 2, 4))
+    assert tree.subtree_sizes.tolist() == [7, 2, 4, 1, 2, 1, 1]
+    assert tree.likely_anchors(1) == [0]
+    assert tree.likely_anchors(2) == [0, 2]
+    assert tree.likely_anchors(4) == [0, 1, 2, 4]  # 1 and 4 tie: node order
+    assert tree.likely_anchors(6) == [0, 1, 2, 3, 4, 5]
+    assert tree.likely_anchors(9) == list(range(7))
+    assert Tree((7,), (-1,)).likely_anchors(3) == [0]
 
 
 def test_cache_offset_equals_tokens_kept():

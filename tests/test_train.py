@@ -345,6 +345,15 @@ def test_init_streams_starts_from_trained_streams(setup, tmp_path, capsys):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    # Streams that carry a draft vocabulary (as the shipped ones do) start a run too.
+    from safetensors.torch import save_file
+
+    save_file({**a, "draft_vocab": torch.arange(5, dtype=torch.int32)},
+              str(tmp_path / "a" / STREAMS_FILE))  # fmt: skip
+    args = _args(setup, tmp_path / "d", "--steps", "1", "--lr", "0")
+    train(build_parser().parse_args(args + ["--init-streams", str(tmp_path / "a")]))
+    d = load_file(str(tmp_path / "d" / STREAMS_FILE))
+    assert d.keys() == b.keys() and all(torch.equal(d[k], b[k]) for k in d)
     other = _args(setup, tmp_path / "c", "--steps", "1", "--num-streams", "2")
     _fails(other + ["--init-streams", str(tmp_path / "a")])
     assert "--init-streams:" in capsys.readouterr().err

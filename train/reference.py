@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mlx_specstream.format import (
+    DRAFT_VOCAB,
     SETTINGS_FILE,
     STREAMS_FILE,
     SUPPORTED_ARCHITECTURES,
@@ -283,7 +284,11 @@ class StreamingReference(nn.Module):
         path = directory / STREAMS_FILE
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file")
-        self.load_streams_state_dict(load_file(str(path)), str(path))
+        tensors = load_file(str(path))
+        # A draft vocabulary (shipped streams carry one) is a decoding choice, not a
+        # trained parameter: streams trained from these keep the full vocabulary.
+        tensors.pop(DRAFT_VOCAB, None)
+        self.load_streams_state_dict(tensors, str(path))
 
     @torch.no_grad()
     def init_stream_parameters(self, generator: torch.Generator) -> None:

@@ -15,7 +15,7 @@ split is seeded separately, so the same seed always gives the same files.
 
 import hashlib
 import random
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 SPLITS = ("train", "valid", "test")
 SPLIT_WEIGHTS = {"train": 0.8, "valid": 0.1, "test": 0.1}
@@ -162,3 +162,27 @@ def generate_unique(
 def person(rng: random.Random) -> str:
     """A random full name."""
     return f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
+
+
+def pipe_list(text: str) -> List[str]:
+    """The ``|``-separated items of ``text``, stripped."""
+    return [s.strip() for s in text.split("|") if s.strip()]
+
+
+def template_prompts(
+    templates: List[str],
+    pool: List[str],
+    counts: Sequence[int] = (3, 5, 7),
+    **fills: List[str],
+) -> Callable[[random.Random, str], Tuple[str, str]]:
+    """A drawer of ``(prompt, "")`` from ``templates`` about a subject ``{x}`` of
+    ``pool`` (the split's share), with ``{n}`` one of ``counts`` and each other
+    field a choice from ``fills``."""
+
+    def draw(rng: random.Random, split: str) -> Tuple[str, str]:
+        x = rng.choice(partition(pool, split))
+        extra = {k: rng.choice(v) for k, v in fills.items()}
+        template = rng.choice(templates)
+        return template.format(x=x, n=rng.choice(counts), **extra), ""
+
+    return draw

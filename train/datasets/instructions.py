@@ -11,16 +11,19 @@ prompt.
 import random
 from typing import Callable, Dict, List, Optional, Tuple
 
-from . import FIRST_NAMES, generate_unique, partition, split_of
+from . import (
+    FIRST_NAMES,
+    generate_unique,
+    partition,
+    pipe_list,
+    split_of,
+    template_prompts,
+)
 
 TASK = "instructions"
 
 
-def _p(text: str) -> List[str]:
-    return [s.strip() for s in text.split("|")]
-
-
-_CONCEPTS = _p(
+_CONCEPTS = pipe_list(
     "photosynthesis|the water cycle|inflation|gravity|compound interest|"
     "how vaccines work|the greenhouse effect|supply and demand|machine learning|"
     "how the internet works|plate tectonics|the immune system|recursion|"
@@ -35,7 +38,7 @@ _CONCEPTS = _p(
     "the Industrial Revolution|how bees make honey|volcanoes|earthquakes|"
     "the Pythagorean theorem|probability|how muscles grow|digestion"
 )
-_TERMS = _p(
+_TERMS = pipe_list(
     "algorithm|metaphor|democracy|an ecosystem|a prime number|"
     "entropy|a noun|an adjective|irony|a budget|a mortgage|an API|a database|"
     "a variable in programming|a hypothesis|an atom|a molecule|a continent|"
@@ -46,7 +49,7 @@ _TERMS = _p(
     "a protein|a virus|a bacterium|a galaxy|a glacier|a delta|"
     "a sonnet|a palindrome|a monopoly|a tariff|an index fund"
 )
-_LISTS = _p(
+_LISTS = pipe_list(
     "tips for better sleep|healthy breakfast ideas|ways to save money|"
     "fruits high in vitamin C|benefits of regular exercise|"
     "countries in South America|programming languages|indoor hobbies|"
@@ -64,7 +67,7 @@ _LISTS = _p(
     "musical instruments|ways to improve your memory|planets in the solar system|"
     "signs of dehydration|team building activities|snacks for a road trip"
 )
-_HOWTO = _p(
+_HOWTO = pipe_list(
     "boil an egg|change a flat tyre|make a cup of tea|write a cover letter|"
     "plant tomatoes|tie a tie|make pancakes|clean a laptop keyboard|"
     "start running as a beginner|set up a budget|remove a coffee stain|"
@@ -79,7 +82,7 @@ _HOWTO = _p(
     "cook rice on the stove|take better photos with my phone|"
     "plan a small garden|prepare for a long flight|repot a plant"
 )
-_SENTENCES = _p(
+_SENTENCES = pipe_list(
     "I can not come to the meeting tomorrow because I am sick|"
     "The report was finished by the team late last night|"
     "We should probably think about maybe changing the plan|"
@@ -111,12 +114,12 @@ _SENTENCES = _p(
     "The train was delayed by forty minutes this morning|"
     "Scientists discovered a new species of frog in the rainforest"
 )
-_STYLES = _p(
+_STYLES = pipe_list(
     "Rewrite this sentence to sound more formal|Make this sentence shorter|"
     "Rewrite this sentence in the passive voice|Paraphrase the following sentence|"
     "Make this sentence sound more friendly|Rewrite this sentence for a child"
 )
-_CODE = _p(
+_CODE = pipe_list(
     "reverses a string|checks whether a number is prime|returns the largest "
     "number in a list|counts the vowels in a string|computes the factorial of a "
     "number|checks whether a word is a palindrome|removes duplicates from a list|"
@@ -133,7 +136,7 @@ _CODE = _p(
     "computes the greatest common divisor of two numbers|splits a list into "
     "chunks of size n|converts a dictionary to a list of pairs"
 )
-_PAIRS = _p(
+_PAIRS = pipe_list(
     "a virus and a bacterium|weather and climate|a list and a tuple in Python|"
     "speed and velocity|a crocodile and an alligator|RAM and storage|"
     "an ocean and a sea|a simile and a metaphor|debit and credit cards|"
@@ -144,7 +147,7 @@ _PAIRS = _p(
     "a frog and a toad|a comet and an asteroid|a violin and a viola|"
     "jam and jelly"
 )
-_TOPICS = _p(
+_TOPICS = pipe_list(
     "the ocean|autumn leaves|a rainy morning|a busy city|friendship|"
     "a cup of coffee|the moon|a lost cat|the first day of school|mountains|"
     "a summer storm|an old library|a train journey|a garden in spring|snow|"
@@ -152,11 +155,11 @@ _TOPICS = _p(
     "a forest at night|the desert|a market on Saturday|a bicycle ride|"
     "an old photograph|a thunderstorm|a sunrise|a kitchen at dawn|a kite"
 )
-_FORMS = _p(
+_FORMS = pipe_list(
     "Write a haiku about|Write a short poem about|Write a two-sentence story "
     "about|Write a short tweet about|Describe in three sentences"
 )
-_EMAILS = _p(
+_EMAILS = pipe_list(
     "asking for a day off next Friday|to reschedule our meeting|to report a "
     "broken heater|to thank them for their help|to ask for feedback on a report|"
     "to apologise for a late reply|to confirm an appointment|to ask about an "
@@ -164,10 +167,10 @@ _EMAILS = _p(
     "for an extension on a deadline|to introduce a new colleague|to cancel a "
     "subscription|to ask for a recommendation letter|to share a project update"
 )
-_RECIPIENTS = _p(
+_RECIPIENTS = pipe_list(
     "your manager|a colleague|your landlord|a customer|your teacher|a friend"
 )
-_ADVICE = _p(
+_ADVICE = pipe_list(
     "buying a used car|choosing a laptop|starting a vegetable garden|adopting a "
     "dog|moving to a new city|learning to code|running a first marathon|"
     "asking for a raise|travelling on a budget|choosing a university|"
@@ -178,7 +181,7 @@ _ADVICE = _p(
 )
 _CAPITALS = dict(
     pair.split(":")
-    for pair in _p(
+    for pair in pipe_list(
         "France:Paris|Germany:Berlin|Spain:Madrid|Italy:Rome|Portugal:Lisbon|Japan:Tokyo|"
         "Canada:Ottawa|Australia:Canberra|Egypt:Cairo|Kenya:Nairobi|Brazil:Brasilia|"
         "Argentina:Buenos Aires|Mexico:Mexico City|India:New Delhi|China:Beijing|"
@@ -191,17 +194,17 @@ _CAPITALS = dict(
         "Czechia:Prague|Romania:Bucharest|Philippines:Manila|Pakistan:Islamabad"
     )
 )
-_PRODUCTS = _p(
+_PRODUCTS = pipe_list(
     "headphones|blender|backpack|phone case|coffee maker|desk lamp|"
     "running shoes|tent|keyboard|water bottle|vacuum cleaner|toaster|"
     "umbrella|office chair|smart watch|electric kettle|yoga mat|"
     "bluetooth speaker|suitcase|hair dryer"
 )
-_GOOD = _p(
+_GOOD = pipe_list(
     "works perfectly|arrived early and looks great|is worth every penny|"
     "exceeded my expectations|is sturdy and easy to use|is the best I have owned"
 )
-_BAD = _p(
+_BAD = pipe_list(
     "broke after two days|arrived damaged|is much smaller than described|"
     "stopped working within a week|feels cheap and flimsy|was a waste of money"
 )
@@ -263,39 +266,26 @@ def _sentiment(rng: random.Random, split: str) -> Draft:
     return q, "Positive." if good else "Negative."
 
 
-def _open(
-    templates: List[str], pool: List[str], **fills: List[str]
-) -> Callable[[random.Random, str], Draft]:
-    """Prompts from ``templates`` about a topic ``{x}`` of ``pool`` (split's share)."""
-
-    def draw(rng: random.Random, split: str) -> Draft:
-        x = rng.choice(partition(pool, split))
-        extra = {k: rng.choice(v) for k, v in fills.items()}
-        return rng.choice(templates).format(x=x, n=rng.choice([3, 5, 7]), **extra), ""
-
-    return draw
-
-
 _CATEGORIES: Dict[str, Tuple[float, Callable[[random.Random, str], Optional[Draft]]]]
 _CATEGORIES = {  # name: (weight, drafter)
-    "explain": (2, _open(_p("Explain {x} in simple terms.|Explain {x} to a ten-year-"
+    "explain": (2, template_prompts(pipe_list("Explain {x} in simple terms.|Explain {x} to a ten-year-"
                             "old.|Give a short explanation of {x}.|Why is it useful to "
                             "understand {x}?"), _CONCEPTS)),
-    "define": (1.5, _open(_p("What is {x}?|Define {x} in one sentence.|Give a simple "
+    "define": (1.5, template_prompts(pipe_list("What is {x}?|Define {x} in one sentence.|Give a simple "
                              "definition of {x} with an example."), _TERMS)),
-    "list": (2, _open(_p("List {n} {x}.|Give me {n} {x}.|Name {n} {x}."), _LISTS)),
-    "howto": (2, _open(_p("How do I {x}?|Give short step-by-step instructions to {x}."
+    "list": (2, template_prompts(pipe_list("List {n} {x}.|Give me {n} {x}.|Name {n} {x}."), _LISTS)),
+    "howto": (2, template_prompts(pipe_list("How do I {x}?|Give short step-by-step instructions to {x}."
                           "|What is the easiest way to {x}?"), _HOWTO)),
-    "rewrite": (1.5, _open(["{y}: {x}."], _SENTENCES, y=_STYLES)),
-    "code": (2, _open(_p("Write a Python function that {x}.|Write a JavaScript "
+    "rewrite": (1.5, template_prompts(["{y}: {x}."], _SENTENCES, y=_STYLES)),
+    "code": (2, template_prompts(pipe_list("Write a Python function that {x}.|Write a JavaScript "
                          "function that {x}.|Show me a short Python function that {x}."
                          "|In JavaScript, write a function that {x} and give an "
                          "example call."), _CODE)),
-    "compare": (1, _open(_p("What is the difference between {x}?|Compare {x} in a few "
+    "compare": (1, template_prompts(pipe_list("What is the difference between {x}?|Compare {x} in a few "
                             "sentences.|How can I tell apart {x}?"), _PAIRS)),
-    "creative": (1.5, _open(["{y} {x}."], _TOPICS, y=_FORMS)),
-    "email": (1, _open(["Write a short email to {y} {x}."], _EMAILS, y=_RECIPIENTS)),
-    "advice": (1, _open(_p("What should I consider when {x}?|Give me some advice on "
+    "creative": (1.5, template_prompts(["{y} {x}."], _TOPICS, y=_FORMS)),
+    "email": (1, template_prompts(["Write a short email to {y} {x}."], _EMAILS, y=_RECIPIENTS)),
+    "advice": (1, template_prompts(pipe_list("What should I consider when {x}?|Give me some advice on "
                            "{x}.|What are common mistakes when {x}?"), _ADVICE)),
     "capital": (0.5, _capital),
     "math": (2, _math),

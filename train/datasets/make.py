@@ -10,13 +10,14 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from mlx_specstream.files import write_file_atomically
 
-from . import SPLITS, DataError, dialogue, instructions, mr2text, sql
+from . import SPLITS, DataError, chat, dialogue, instructions, mr2text, sql
 
 TASKS: Dict[str, Callable[[str, int, int], List[dict]]] = {
     "sql": sql.generate,
     "mr2text": mr2text.generate,
     "dialogue": dialogue.generate,
     "instructions": instructions.generate,
+    "chat": chat.generate,
 }
 DEFAULT_SIZES = {"train": 500, "valid": 50, "test": 50}
 
