@@ -10,7 +10,8 @@ exactly.
     python benchmarks/eval_acceptance.py --model smollm2-135m-instruct \\
         --data data/smollm2/distilled/test.jsonl --chat
 
-``--chat`` adds generic chat prompts (task "chat"), answered greedily on the spot.
+``--chat`` adds the bench's twelve held-out chat prompts (task "chat"), answered
+greedily on the spot; records of the chat task set count as task "chat_test".
 """
 
 import argparse
@@ -29,6 +30,8 @@ TREES = {
     "best_first_16": ("best_first", 16),
     "best_first_32": ("best_first", 32),
 }
+
+
 def chat_records(model, tokenizer, max_tokens: int) -> list:
     """Greedy answers to the chat prompts, in the distill output's layout."""
     from mlx_specstream.benchmarks.bench import CHAT_PROMPTS, MORE_CHAT
@@ -92,6 +95,9 @@ def main():
     tokens = defaultdict(int)
     n = 0
     records = [json.loads(line) for f in args.data for line in open(f)]
+    for rec in records:  # the chat task set's test split, apart from --chat's prompts
+        if rec["task"] == "chat":
+            rec["task"] = "chat_test"
     if args.chat:
         records += chat_records(model, tokenizer, args.chat_max_tokens)
     if not records:

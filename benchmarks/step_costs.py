@@ -16,8 +16,11 @@ sees the same state):
   next tree, its masks and tables);
 - graph: building (not running) the verify and stream passes' graphs, the Python
   share of those two passes;
-- step: a whole decoder step (median over the passes of a real greedy run), which
-  the three parts should roughly add up to.
+- step: a whole decoder step (median over the passes of a real greedy run, with
+  the accepted-node stream pass), which the three parts should roughly add up to;
+- rows: the verify pass with the stream rows of the 4 likeliest anchors in it
+  (``stream_pass="likely"``), and "step likely", a real run's step with that pass
+  (the accepted-node pass only where those anchors miss).
 
 Every configuration (``--paths`` x ``--draft-vocab``) is measured round-robin in one
 process, so a noisy machine slows all of them alike; medians in ms, the load average
@@ -159,7 +162,7 @@ def main(argv=None) -> None:
 
     def verify():
         fresh = Tree(tree.tokens, tree.parents)  # no cached masks: as a new draft
-        pss = dec._forward_tree(model, cache, fresh, 0.0, False)
+        pss = dec._forward_tree(model, cache, fresh, 0.0, None)
         logits = model.logits(pss.h_top[0, : fresh.size], float32=True)
         state["argmax"] = np.array(mx.argmax(logits, axis=-1))
         state["h_split"] = pss.h_split
@@ -179,6 +182,17 @@ def main(argv=None) -> None:
     def head():
         dec._stream_topk(model, h, drafter.top_k)
 
+    likely = hasattr(Tree, "likely_anchors")  # older checkouts lack the pass
+
+    def rows():
+        if not likely:
+            return 0.0
+        fresh = Tree(tree.tokens, tree.parents)
+        pss = dec._forward_tree(model, cache, fresh, 0.0, lambda t: t.likely_anchors(4))
+        logits = model.logits(pss.h_top[0, : fresh.size], float32=True)
+        np.array(mx.argmax(logits, axis=-1))
+        rollback()
+
     def host():
         fresh = Tree(tree.tokens, tree.parents)
         accept_greedy(fresh, state["argmax"])
@@ -190,7 +204,7 @@ def main(argv=None) -> None:
         in the cache for the next measurement."""
         tic = time.perf_counter()
         fresh = Tree(tree.tokens, tree.parents)
-        pss = dec._forward_tree(model, cache, fresh, 0.0, False)
+        pss = dec._forward_tree(model, cache, fresh, 0.0, None)
         out = [model.logits(pss.h_top[0, : fresh.size], float32=True)]
         for c in cache:
             c.offset = offset + tree.size
@@ -204,11 +218,13 @@ def main(argv=None) -> None:
         rollback()
         return ms
 
-    def step_ms() -> float:
+    def step_ms(stream_pass: str = "accepted") -> float:
         """Median ms per pass of a real greedy run from the same prompt."""
+        if stream_pass == "likely" and not likely:
+            return 0.0
         times, tic = [], time.perf_counter()
         steps = dec.speculative_generate_step(
-            ids, model, drafter, options=dec.DecodeOptions(stream_pass="accepted")
+            ids, model, drafter, options=dec.DecodeOptions(stream_pass=stream_pass)
         )
         for n, _ in enumerate(steps):
             now = time.perf_counter()
@@ -221,11 +237,20 @@ def main(argv=None) -> None:
 
     configs = [(pth, k) for pth in paths for k in ks]
     parts: Dict[tuple, Dict[str, List[float]]] = {
-        c: {n: [] for n in ("plain", "verify", "stream", "head", "host", "graph")}
+        c: {
+            n: []
+            for n in ("plain", "verify", "stream", "head", "host", "graph", "rows")
+        }
         for c in configs
     }
     fns = dict(
-        plain=plain, verify=verify, stream=stream, head=head, host=host, graph=graph
+        plain=plain,
+        verify=verify,
+        stream=stream,
+        head=head,
+        host=host,
+        graph=graph,
+        rows=rows,
     )
     for c in configs:  # warm up: compile, trace the bucketed shapes
         with configure(*c):
@@ -237,10 +262,11 @@ def main(argv=None) -> None:
             with configure(*c):
                 for name, fn in fns.items():
                     parts[c][name].append(_timed(fn))
-    steps = {}
+    steps, steps_likely = {}, {}
     for c in configs:
         with configure(*c):
             steps[c] = step_ms()
+            steps_likely[c] = step_ms("likely")
     loads.append(_load())
 
     print(
@@ -250,9 +276,9 @@ def main(argv=None) -> None:
     print(f"load average (1/5/15 min) before: {loads[0]}, after: {loads[1]}")
     print(
         "| path | draft vocab | plain | verify | stream | head | host | graph "
-        "| step | step / plain |"
+        "| step | step / plain | verify + rows | step likely | likely / plain |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     report = []
     for c in configs:
         med = {n: statistics.median(v) for n, v in parts[c].items()}
@@ -265,9 +291,18 @@ def main(argv=None) -> None:
             f"{med['stream']:.1f} | {med['head']:.1f} | {med['host']:.2f} | "
             f"{med['graph']:.1f} | "
             f"{steps[c]:.1f} | "
-            f"{steps[c] / med['plain']:.2f} |"
+            f"{steps[c] / med['plain']:.2f} | {med['rows']:.1f} | "
+            f"{steps_likely[c]:.1f} | {steps_likely[c] / med['plain']:.2f} |"
         )
-        report.append(dict(path=c[0], draft_vocab=k, step=steps[c], **med))
+        report.append(
+            dict(
+                path=c[0],
+                draft_vocab=k,
+                step=steps[c],
+                step_likely=steps_likely[c],
+                **med,
+            )
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(load=loads, rows=report), f, indent=2)

@@ -39,6 +39,7 @@ BENCH_METHODS = [
     "ss_best_first_accepted_pass",
     "ss_plus_lookup",
     "ss_plus_lookup_accepted_pass",
+    "ss_plus_lookup_likely_pass",
     "prompt_lookup",
 ]
 
