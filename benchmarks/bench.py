@@ -196,10 +196,10 @@ def run(model, tokenizer, args) -> Dict:
             mx.reset_peak_memory()
             out, ttft, secs, passes, acc = methods[name](ids)
             outputs[name] = out
-            for r in (
-                results[name],
-                by_task.setdefault(task, {}).setdefault(name, Result()),
-            ):
+            groups = [task] + ([] if task.startswith("chat") else ["all tasks"])
+            for r in [results[name]] + [
+                by_task.setdefault(g, {}).setdefault(name, Result()) for g in groups
+            ]:
                 r.tokens += len(out) - 1 if out else 0
                 r.seconds += secs
                 r.passes += passes
@@ -208,7 +208,7 @@ def run(model, tokenizer, args) -> Dict:
                     r.depth_hist[a] = r.depth_hist.get(a, 0) + 1
                 r.peak_gb = max(r.peak_gb, mx.get_peak_memory() / 1e9)
         for name, out in outputs.items():
-            for r in (results[name], by_task[task][name]):
+            for r in [results[name]] + [by_task[g][name] for g in groups]:
                 r.runs += 1
                 r.identical += (
                     out == outputs["ours_plain"] if "ours_plain" in outputs else 0

@@ -60,6 +60,9 @@ CALIBRATION_PROMPTS = (
     "Describe this restaurant in one sentence: name[The Eagle], eatType[coffee shop], "
     "food[French], priceRange[moderate], area[riverside], familyFriendly[yes].",
     "List three tips for sleeping better.",
+    "Explain in a short paragraph how a bicycle's gears make climbing hills easier.",
+    "Write a Python function that returns the squares of the even numbers in a list.",
+    "Rewrite this message to sound more polite: Send me the report by Friday.",
 )
 
 
@@ -199,7 +202,7 @@ def main(argv=None) -> None:
         "--prompts",
         default=None,
         help="calibrate on your own prompts: JSONL with 'prompt' or chat 'messages', "
-        "or a text file with one prompt per line (default: 5 built-in prompts)",
+        "or a text file with one prompt per line (default: 8 built-in prompts)",
     )
     args = p.parse_args(argv)
     try:

@@ -64,7 +64,7 @@ class DecodeOptions:
     # run still below that many tokens per pass after ``fallback_after`` passes
     # decodes plainly from then on: speculation that does not pay is dropped.
     fallback_cost: float = 0.0
-    fallback_after: int = 8
+    fallback_after: int = 4
 
     def __post_init__(self):
         if self.stream_pass not in STREAM_PASSES:
