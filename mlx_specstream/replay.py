@@ -6,13 +6,13 @@ from one training-layout pass, so every tree is scored on the same text without
 decoding again. ``tests/test_calibrate.py`` checks the replay against the decoder.
 """
 
-from typing import Iterator, Sequence, Tuple, Union
+from typing import List, Sequence, Union
 
 import mlx.core as mx
 
 from .drafters import Drafter, StreamDrafter, StreamTopK, topk_logprobs
 from .models.llama import Model
-from .tree import Tree, TreeShape
+from .tree import TreeShape
 
 
 def stream_candidates(model: Model, tokens: Sequence[int], k: int) -> StreamTopK:
@@ -41,22 +41,10 @@ def replay(
     Returns:
         ``(passes, tokens, accepted drafts per pass after prefill)``.
     """
-    depths = [d for _, _, d in replay_passes(cands, seq, start, drafter, max_tokens)]
-    return len(depths) + 1, len(seq) - start, depths  # + 1: prefill
-
-
-def replay_passes(
-    cands: StreamTopK,
-    seq: Sequence[int],
-    start: int,
-    drafter: Union[TreeShape, Drafter],
-    max_tokens: int = -1,
-) -> Iterator[Tuple[Tree, int, int]]:
-    """``replay``'s passes after prefill: ``(tree, node ending the accepted path,
-    accepted drafts)`` for each."""
     if isinstance(drafter, TreeShape):
         drafter = StreamDrafter(drafter)
-    r = start  # prefill emits seq[start]
+    passes, r = 1, start  # prefill emits seq[start]
+    depths: List[int] = []
     while r + 1 < len(seq):
         step = StreamTopK(cands.tokens[r - 1], cands.logprobs[r - 1])
         tree = drafter.draft(seq[r], step, seq[: r + 1])
@@ -68,5 +56,7 @@ def replay_passes(
             if not nxt:
                 break
             node, d = nxt[0], d + 1
-        yield tree, node, d
+        depths.append(d)
+        passes += 1
         r += d + 1
+    return passes, len(seq) - start, depths
