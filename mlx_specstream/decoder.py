@@ -403,13 +403,14 @@ class _Pass:
 AnchorChoice = Callable[[Tree], List[int]]
 
 
-def _anchor_choice(options: DecodeOptions) -> AnchorChoice:
-    """Which verified nodes get stream rows in the verify pass."""
+def _anchor_choice(options: DecodeOptions) -> Optional[AnchorChoice]:
+    """Which verified nodes get stream rows in the verify pass (None: none, the
+    "accepted" pass)."""
     if options.stream_pass == "tree":
         return lambda tree: list(range(tree.size))
     if options.stream_pass == "likely":
         return lambda tree: tree.likely_anchors(options.likely_anchors)
-    return lambda tree: []
+    return None
 
 
 def _forward_tree(
@@ -441,7 +442,7 @@ def _forward_tree(
         tree, h = tree.keep(kept), h[:, mx.array(kept)]
         rows = Rows.tree(tree.ancestor_mask, tree.depths, offset, model.streams)
     h_split = h
-    anchors = anchors_of(tree) if anchors_of else []
+    anchors = anchors_of(tree) if anchors_of is not None else []
     if anchors:
         rows = rows.with_streams(anchors)
         a = h[0] if len(anchors) == tree.size else h[0, mx.array(anchors)]
