@@ -160,13 +160,19 @@ def main(argv=None) -> None:
 
     state = {}
 
-    def verify():
+    def verify_pass(anchors_of=None):
+        """The tree's pass (stream rows for ``anchors_of``'s nodes), its float32 LM
+        head and the argmax on the host; the cache rolled back."""
         fresh = Tree(tree.tokens, tree.parents)  # no cached masks: as a new draft
-        pss = dec._forward_tree(model, cache, fresh, 0.0, None)
+        pss = dec._forward_tree(model, cache, fresh, 0.0, anchors_of)
         logits = model.logits(pss.h_top[0, : fresh.size], float32=True)
-        state["argmax"] = np.array(mx.argmax(logits, axis=-1))
-        state["h_split"] = pss.h_split
+        argmax = np.array(mx.argmax(logits, axis=-1))
         rollback()
+        return pss, argmax
+
+    def verify():
+        pss, state["argmax"] = verify_pass()
+        state["h_split"] = pss.h_split
 
     def stream():
         start = offset
@@ -187,11 +193,7 @@ def main(argv=None) -> None:
     def rows():
         if not likely:
             return 0.0
-        fresh = Tree(tree.tokens, tree.parents)
-        pss = dec._forward_tree(model, cache, fresh, 0.0, lambda t: t.likely_anchors(4))
-        logits = model.logits(pss.h_top[0, : fresh.size], float32=True)
-        np.array(mx.argmax(logits, axis=-1))
-        rollback()
+        verify_pass(lambda t: t.likely_anchors(4))
 
     def host():
         fresh = Tree(tree.tokens, tree.parents)
