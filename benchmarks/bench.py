@@ -78,6 +78,12 @@ class Result:
         }
 
 
+def task_group(task: str) -> str:
+    """The group a task set's prompts are reported under: the chat task set's test
+    split is ``chat_test``, apart from the hand-written ``chat`` prompts."""
+    return "chat_test" if task == "chat" else task
+
+
 def load_prompts(data: Optional[str], per_task: int, chat: str = "4") -> List[tuple]:
     """(task, prompt) pairs: held-out test splits of ``data`` plus chat prompts
     (``chat``: "4" the first four, "all" twelve)."""
@@ -87,9 +93,7 @@ def load_prompts(data: Optional[str], per_task: int, chat: str = "4") -> List[tu
         for f in sorted(Path(data).glob("*_test.jsonl")):
             if f.stem.startswith("subset"):  # a mix of the task files, not a task
                 continue
-            task = f.stem[: -len("_test")]
-            if task == "chat":  # held-out open chat prompts of the chat task set
-                task = "chat_test"
+            task = task_group(f.stem[: -len("_test")])
             prompts += [(task, p) for p in read_prompts(f)[:per_task]]
     return prompts
 
@@ -192,11 +196,11 @@ def run(model, tokenizer, args) -> Dict:
         names = list(methods)
         names = names[i % len(names) :] + names[: i % len(names)]  # rotate the order
         outputs = {}
+        groups = [task] + ([] if task.startswith("chat") else ["all tasks"])
         for name in names:
             mx.reset_peak_memory()
             out, ttft, secs, passes, acc = methods[name](ids)
             outputs[name] = out
-            groups = [task] + ([] if task.startswith("chat") else ["all tasks"])
             for r in [results[name]] + [
                 by_task.setdefault(g, {}).setdefault(name, Result()) for g in groups
             ]:

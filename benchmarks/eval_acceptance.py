@@ -63,6 +63,7 @@ def chat_records(model, tokenizer, max_tokens: int) -> list:
 def main():
     ensure_openblas()
     from mlx_specstream import load
+    from mlx_specstream.benchmarks.bench import task_group
     from mlx_specstream.replay import replay, stream_candidates
     from mlx_specstream.drafters import MixedDrafter, PromptLookupDrafter, StreamDrafter
     from mlx_specstream.tree import TreeShape
@@ -96,8 +97,7 @@ def main():
     n = 0
     records = [json.loads(line) for f in args.data for line in open(f)]
     for rec in records:  # the chat task set's test split, apart from --chat's prompts
-        if rec["task"] == "chat":
-            rec["task"] = "chat_test"
+        rec["task"] = task_group(rec["task"])
     if args.chat:
         records += chat_records(model, tokenizer, args.chat_max_tokens)
     if not records:
