@@ -193,30 +193,32 @@ def run(model, tokenizer, args) -> Dict:
     by_task: Dict[str, Dict[str, Result]] = {}
     for i, (task, prompt) in enumerate(prompts):
         ids = encode_prompt(tokenizer, apply_chat_template(tokenizer, prompt))
-        names = list(methods)
-        names = names[i % len(names) :] + names[: i % len(names)]  # rotate the order
-        outputs = {}
         groups = [task] + ([] if task.startswith("chat") else ["all tasks"])
-        for name in names:
-            mx.reset_peak_memory()
-            out, ttft, secs, passes, acc = methods[name](ids)
-            outputs[name] = out
-            for r in [results[name]] + [
-                by_task.setdefault(g, {}).setdefault(name, Result()) for g in groups
-            ]:
-                r.tokens += len(out) - 1 if out else 0
-                r.seconds += secs
-                r.passes += passes
-                r.ttft.append(ttft)
-                for a in acc:
-                    r.depth_hist[a] = r.depth_hist.get(a, 0) + 1
-                r.peak_gb = max(r.peak_gb, mx.get_peak_memory() / 1e9)
-        for name, out in outputs.items():
-            for r in [results[name]] + [by_task[g][name] for g in groups]:
-                r.runs += 1
-                r.identical += (
-                    out == outputs["ours_plain"] if "ours_plain" in outputs else 0
-                )
+        for rep in range(args.repeats):
+            names = list(methods)
+            k = (i * args.repeats + rep) % len(names)
+            names = names[k:] + names[:k]  # rotate the order
+            outputs = {}
+            for name in names:
+                mx.reset_peak_memory()
+                out, ttft, secs, passes, acc = methods[name](ids)
+                outputs[name] = out
+                for r in [results[name]] + [
+                    by_task.setdefault(g, {}).setdefault(name, Result()) for g in groups
+                ]:
+                    r.tokens += len(out) - 1 if out else 0
+                    r.seconds += secs
+                    r.passes += passes
+                    r.ttft.append(ttft)
+                    for a in acc:
+                        r.depth_hist[a] = r.depth_hist.get(a, 0) + 1
+                    r.peak_gb = max(r.peak_gb, mx.get_peak_memory() / 1e9)
+            for name, out in outputs.items():
+                for r in [results[name]] + [by_task[g][name] for g in groups]:
+                    r.runs += 1
+                    r.identical += (
+                        out == outputs["ours_plain"] if "ours_plain" in outputs else 0
+                    )
         print(
             f"[{i + 1}/{len(prompts)}] {task}: "
             + ", ".join(f"{n} {len(outputs[n])}" for n in methods),
@@ -261,21 +263,25 @@ def write_report(report: Dict, out: Path, header: str) -> None:
             f"| {name} | {m['tokens_per_s']:.2f} | {ratio} | {m['tokens_per_pass']:.2f} | "
             f"{acc} | {m['ttft_s']:.2f} | {m['peak_memory_gb']:.3f} | {m['identical_to_plain']} |"
         )
-    lines += [
-        "",
-        "Tokens per pass by task:",
-        "",
-        "| task | " + " | ".join(report["methods"]) + " |",
-        "|---|" + "---|" * len(report["methods"]),
-    ]
-    for task, ms in report["by_task"].items():
-        lines.append(
-            f"| {task} | "
-            + " | ".join(f"{ms[n]['tokens_per_pass']:.2f}" for n in report["methods"])
-            + " |"
+    lines += _by_task(report, "Tokens per pass by task:", "{tokens_per_pass:.2f}")
+    if "mlx_lm" in report["methods"]:
+        lines += _by_task(
+            report, "Speed relative to mlx_lm by task:", "{ratio_to_mlx_lm:.2f}x"
         )
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     _plot(report, out / "bench.png")
+
+
+def _by_task(report: Dict, title: str, cell: str) -> List[str]:
+    """A task x method table of one summary figure (``cell`` formats a summary)."""
+    names = list(report["methods"])
+    lines = ["", title, "", "| task | " + " | ".join(names) + " |"]
+    lines.append("|---|" + "---|" * len(names))
+    for task, ms in report["by_task"].items():
+        lines.append(
+            f"| {task} | " + " | ".join(cell.format(**ms[n]) for n in names) + " |"
+        )
+    return lines
 
 
 def _plot(report: Dict, path: Path) -> None:
@@ -317,11 +323,20 @@ def main(argv=None) -> None:
         help="chat prompts: the first four, or all twelve held-out ones",
     )
     p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs of each prompt per method (the order rotates each run); timings "
+        "are summed, so noise shrinks with more",
+    )
     p.add_argument("--prune-threshold", type=float, default=0.01)
     p.add_argument("--medusa", default=None, help="directory with medusa heads")
     p.add_argument("--methods", nargs="*", default=None)
     p.add_argument("--out", default="bench")
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
     try:
         model, tokenizer = load(args.model)
         ensure_calibrated(model, tokenizer)

@@ -20,6 +20,8 @@ plain decoding. Results are cached per model and device.
 """
 
 import argparse
+import os
+import resource
 import statistics
 import sys
 import time
@@ -32,6 +34,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 from .blas import active_blas, ensure_openblas
 from .calibration import (
     Calibration,
+    cache_file,
     describe,
     device_key,
     save_calibration,
@@ -51,6 +54,10 @@ from .tree import TreeShape
 from .utils import load
 
 DEFAULT_BUDGETS = (1, 2, 4, 8, 16, 32)
+BUSY_NOTE = (
+    "Other processes kept the CPU busy while timing (load {:.2f} per core): this "
+    "result is used now but not cached; calibrate again on a quiet machine"
+)
 CALIBRATION_PROMPTS = (
     "What is the capital of France?",
     "Write a SQL query that lists the name and salary of every employee in the sales "
@@ -125,6 +132,24 @@ def measure_costs(
     }
 
 
+def others_load(since: tuple) -> float:
+    """Other processes' mean runnable threads per CPU core since ``since`` (a
+    ``_clock()``): the 1-minute load average less this process's own CPU use.
+    0 where the load average is unknown, and on a GPU, whose timings a busy CPU
+    barely touches."""
+    if mx.default_device() != mx.cpu or not hasattr(os, "getloadavg"):
+        return 0.0
+    wall, cpu = (a - b for a, b in zip(_clock(), since))
+    own = cpu / max(wall, 1e-9)
+    return max(0.0, os.getloadavg()[0] - own) / (os.cpu_count() or 1)
+
+
+def _clock() -> tuple:
+    """(wall seconds, this process's CPU seconds)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), r.ru_utime + r.ru_stime
+
+
 def calibrate(
     model: Model,
     tokenizer,
@@ -138,7 +163,9 @@ def calibrate(
     prompt_ids = [
         encode_prompt(tokenizer, apply_chat_template(tokenizer, p)) for p in prompts
     ]
+    since = _clock()
     seconds = measure_costs(model, budgets, prompt=max(prompt_ids, key=len))
+    load = others_load(since)
     base = seconds[STREAM_PASSES[0]][1]
     costs = {sp: {T: s / base for T, s in c.items()} for sp, c in seconds.items()}
     drafters = {
@@ -165,7 +192,16 @@ def calibrate(
     if T == 1:
         sp, d = STREAM_PASSES[0], "streams"
     cal = Calibration(
-        T, device_key(), costs[sp], tpp[d], base, sp, d == "streams+lookup", costs, tpp
+        T,
+        device_key(),
+        costs[sp],
+        tpp[d],
+        base,
+        sp,
+        d == "streams+lookup",
+        costs,
+        tpp,
+        load=load,
     )
     if verbose:
         for T in budgets:
@@ -187,8 +223,9 @@ def ensure_calibrated(model: Model, tokenizer: TokenizerWrapper) -> None:
         file=sys.stderr,
     )
     model.calibration = calibrate(model, tokenizer)
-    save_calibration(model.path, model.calibration)
     print(f"Draft tree: {describe(model.calibration)}", file=sys.stderr)
+    if not save_calibration(model.path, model.calibration):
+        print(BUSY_NOTE.format(model.calibration.load), file=sys.stderr)
 
 
 def main(argv=None) -> None:
@@ -203,6 +240,11 @@ def main(argv=None) -> None:
         default=None,
         help="calibrate on your own prompts: JSONL with 'prompt' or chat 'messages', "
         "or a text file with one prompt per line (default: 8 built-in prompts)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="cache the result even if other processes kept the CPU busy",
     )
     args = p.parse_args(argv)
     try:
@@ -219,10 +261,13 @@ def main(argv=None) -> None:
             max_tokens=args.max_tokens,
             verbose=True,
         )
-        f = save_calibration(path, cal)
+        saved = save_calibration(path, cal, force=args.force)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    print(f"best: {describe(cal)}; saved {f}")
+    if saved:
+        print(f"best: {describe(cal)}; saved {cache_file(path)}")
+    else:
+        print(f"best: {describe(cal)}\n{BUSY_NOTE.format(cal.load)} (or pass --force)")
 
 
 if __name__ == "__main__":

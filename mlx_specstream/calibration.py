@@ -20,6 +20,9 @@ from .files import cache_root, write_text_atomically
 
 # Bump when what is measured changes: older cached results are then re-measured.
 CALIBRATION_VERSION = 4
+# Other processes' runnable threads per core above which timings are not cached: a
+# busy CPU inflates the tree's costs unevenly and would turn the tree off for good.
+BUSY_LOAD = 0.5
 
 
 @dataclass
@@ -35,6 +38,13 @@ class Calibration:
     all_costs: Dict[str, Dict[int, float]] = field(default_factory=dict)
     all_tokens_per_pass: Dict[str, Dict[int, float]] = field(default_factory=dict)
     version: int = CALIBRATION_VERSION
+    # Other processes' load per CPU core while the costs were timed (see
+    # ``calibrate.others_load``): above BUSY_LOAD the costs are not this device's.
+    load: float = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.load > BUSY_LOAD
 
     @property
     def expected_speedup(self) -> float:
@@ -94,7 +104,13 @@ def load_calibration(model_path: Path) -> Optional[Calibration]:
         return None
 
 
-def save_calibration(model_path: Path, cal: Calibration) -> Path:
-    f = cache_file(model_path)
-    write_text_atomically(f, json.dumps(asdict(cal), indent=2))
-    return f
+def save_calibration(model_path: Path, cal: Calibration, force: bool = False) -> bool:
+    """Cache ``cal`` unless it was measured on a busy machine (``force``: always).
+
+    Returns:
+        Whether it was written (to ``cache_file(model_path)``).
+    """
+    if cal.busy and not force:
+        return False
+    write_text_atomically(cache_file(model_path), json.dumps(asdict(cal), indent=2))
+    return True

@@ -73,6 +73,32 @@ def test_outdated_or_corrupt_calibration_is_measured_again(tmp_path, monkeypatch
     assert C.load_calibration(tmp_path) is None
 
 
+def test_calibration_timed_on_a_busy_cpu_is_not_cached(tmp_path, monkeypatch):
+    import os
+
+    from mlx_specstream import calibrate as K
+    from mlx_specstream import calibration as C
+
+    monkeypatch.setattr(C, "cache_file", lambda path: tmp_path / "cal.json")
+    quiet = C.Calibration(8, "dev", {1: 1.0, 8: 1.5}, {1: 1.0, 8: 2.0}, 0.1, load=0.1)
+    assert C.save_calibration(tmp_path, quiet)
+    assert C.load_calibration(tmp_path) == quiet
+    busy = C.Calibration(1, "dev", {1: 1.0}, {1: 1.0}, 0.2, load=C.BUSY_LOAD + 0.5)
+    assert busy.busy and not C.save_calibration(tmp_path, busy)
+    assert C.load_calibration(tmp_path) == quiet  # the quiet result stays
+    assert C.save_calibration(tmp_path, busy, force=True)
+    assert C.load_calibration(tmp_path) == busy
+
+    # Other processes' load: the load average less this process's own CPU use.
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    wall, cpu = K._clock()
+    since = (wall - 10.0, cpu - 1.0)  # this process: one core for a tenth of 10 s
+    monkeypatch.setattr(os, "getloadavg", lambda: (4.0, 0.0, 0.0))
+    assert 1.9 < K.others_load(since) < 1.96  # (4 - 0.1) / 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert K.others_load(since) == 0.0
+
+
 def test_replay_with_prompt_lookup_matches_the_decoder():
     from mlx_specstream.drafters import MixedDrafter, StreamDrafter
 
