@@ -25,7 +25,8 @@ from mlx_specstream.medusa import MedusaDrafter, load_medusa
 from mlx_specstream.registry import DEFAULT_MODEL
 from mlx_specstream.utils import load
 
-from mlx_specstream.drafters import MixedDrafter, PromptLookupDrafter, StreamDrafter
+from mlx_specstream.defaults import prompt_lookup_drafter
+from mlx_specstream.drafters import MixedDrafter, StreamDrafter
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.prompts import apply_chat_template, encode_prompt, read_prompts
 from mlx_specstream.tree import TreeShape
@@ -137,6 +138,7 @@ def make_methods(model, args) -> Dict[str, Callable]:
     theirs, their_tok = mlx_lm.load(str(model.path))
     tok = args.tokenizer
     best_first = StreamDrafter(TreeShape(budget=16))
+    lookup = prompt_lookup_drafter(model)  # with the model's n-gram table, if any
     ss = {
         "ss_cartesian": dict(
             drafter=StreamDrafter(TreeShape("cartesian", (2, 2, 1, 1))),
@@ -149,21 +151,23 @@ def make_methods(model, args) -> Dict[str, Callable]:
             stream_pass="tree",
             prune_threshold=args.prune_threshold,
         ),
-        "ss_plus_lookup": dict(drafter=MixedDrafter(best_first), stream_pass="tree"),
+        "ss_plus_lookup": dict(
+            drafter=MixedDrafter(best_first, lookup), stream_pass="tree"
+        ),
         "ss_plus_lookup_accepted_pass": dict(
-            drafter=MixedDrafter(best_first), stream_pass="accepted"
+            drafter=MixedDrafter(best_first, lookup), stream_pass="accepted"
         ),
         "ss_plus_lookup_likely_pass": dict(
-            drafter=MixedDrafter(best_first), stream_pass="likely"
+            drafter=MixedDrafter(best_first, lookup), stream_pass="likely"
         ),
         "ss8_plus_lookup_likely_pass": dict(
-            drafter=MixedDrafter(StreamDrafter(TreeShape(budget=8))),
+            drafter=MixedDrafter(StreamDrafter(TreeShape(budget=8)), lookup),
             stream_pass="likely",
         ),
         # What users get by default: the tree, stream pass and lookup calibrated
         # for this device (plain decoding where no tree pays).
         "ss_calibrated": dict(),
-        "prompt_lookup": dict(drafter=PromptLookupDrafter()),
+        "prompt_lookup": dict(drafter=lookup),
     }
     methods = {
         "mlx_lm": lambda ids: _mlx_lm(theirs, their_tok, ids, args.max_tokens),

@@ -89,21 +89,26 @@ def rank(records: List[dict], vocab_size: int) -> List[int]:
     return sorted(range(vocab_size), key=lambda t: (-emitted[t], -prompted[t], t))
 
 
-def write_assets(name: str, ids: List[int]) -> Path:
-    """Store ``ids`` as the shipped streams' draft_vocab (rewritten atomically)."""
+def write_stream_tensor(file: Path, key: str, values) -> None:
+    """Set the int32 tensor ``key`` of the stream file ``file`` (rewritten atomically)."""
     import os
 
     import mlx.core as mx
 
+    tensors = dict(mx.load(str(file)))
+    tensors[key] = mx.array(values, mx.int32)
+    # mx.save_safetensors appends ".safetensors" to other names: keep the suffix.
+    tmp = file.with_name(f".tmp-{os.getpid()}-{file.name}")
+    mx.save_safetensors(str(tmp), tensors)
+    os.replace(tmp, file)
+
+
+def write_assets(name: str, ids: List[int]) -> Path:
+    """Store ``ids`` as the shipped streams' draft_vocab."""
     from mlx_specstream.format import DRAFT_VOCAB, STREAMS_FILE
 
     file = ASSETS / name / STREAMS_FILE
-    tensors = dict(mx.load(str(file)))
-    tensors[DRAFT_VOCAB] = mx.array(ids, mx.int32)
-    # mx.save_safetensors appends ".safetensors" to other names: keep the suffix.
-    tmp = file.with_name(f".tmp-{os.getpid()}-{STREAMS_FILE}")
-    mx.save_safetensors(str(tmp), tensors)
-    os.replace(tmp, file)
+    write_stream_tensor(file, DRAFT_VOCAB, ids)
     return file
 
 

@@ -65,7 +65,8 @@ def main():
     from mlx_specstream import load
     from mlx_specstream.benchmarks.bench import task_group
     from mlx_specstream.replay import replay, stream_candidates
-    from mlx_specstream.drafters import MixedDrafter, PromptLookupDrafter, StreamDrafter
+    from mlx_specstream.defaults import prompt_lookup_drafter
+    from mlx_specstream.drafters import MixedDrafter, StreamDrafter
     from mlx_specstream.tree import TreeShape
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,11 +83,17 @@ def main():
     for name, (kind, arg) in TREES.items():
         shape = TreeShape(kind, arg) if kind == "cartesian" else TreeShape(budget=arg)
         drafters[name] = StreamDrafter(shape)
+    # Prompt lookup as decoding runs it: with the model's n-gram table of its own
+    # answers where the model ships one ("prompt_only": without it).
+    lookup = prompt_lookup_drafter(model)
     for budget in (16, 32):
         drafters[f"best_first_{budget}+lookup"] = MixedDrafter(
-            StreamDrafter(TreeShape(budget=budget))
+            StreamDrafter(TreeShape(budget=budget)), lookup
         )
-    drafters["lookup_only"] = PromptLookupDrafter()
+    drafters["best_first_16+prompt_only"] = MixedDrafter(
+        StreamDrafter(TreeShape(budget=16))
+    )
+    drafters["lookup_only"] = lookup
     # Ablation: best-first ranked by the plain joint probability (no depth penalty).
     drafters["best_first_16_no_penalty"] = StreamDrafter(
         TreeShape(budget=16, depth_penalty=0.0)

@@ -45,6 +45,7 @@ from .decoder import (
     generate_step,
     speculative_generate_step,
 )
+from .defaults import prompt_lookup_drafter
 from .drafters import MixedDrafter, StreamDrafter
 from .models.llama import Model
 from .prompts import apply_chat_template, encode_prompt, read_prompts
@@ -170,7 +171,9 @@ def calibrate(
     costs = {sp: {T: s / base for T, s in c.items()} for sp, c in seconds.items()}
     drafters = {
         "streams": lambda T: StreamDrafter(TreeShape(budget=T)),
-        "streams+lookup": lambda T: MixedDrafter(StreamDrafter(TreeShape(budget=T))),
+        "streams+lookup": lambda T: MixedDrafter(
+            StreamDrafter(TreeShape(budget=T)), prompt_lookup_drafter(model)
+        ),
     }
     passes = {d: {T: 0 for T in budgets} for d in drafters}
     total = 0

@@ -30,6 +30,11 @@ class Speculation:
     fallback_cost: float = 0.0
 
 
+def prompt_lookup_drafter(model: Model) -> PromptLookupDrafter:
+    """Prompt lookup with the model's n-gram table of its own answers, if it has one."""
+    return PromptLookupDrafter(store=model.ngrams)
+
+
 def choose_speculation(
     model: Model,
     tree: Optional[TreeShape] = None,
@@ -53,7 +58,9 @@ def choose_speculation(
     if not model.has_streams:
         # Untrained streams draft noise: only prompt lookup, and only when asked.
         return (
-            Speculation(PromptLookupDrafter(), stream_pass) if prompt_lookup else None
+            Speculation(prompt_lookup_drafter(model), stream_pass)
+            if prompt_lookup
+            else None
         )
     fallback = 0.0
     if tree is None:
@@ -65,7 +72,9 @@ def choose_speculation(
             fallback = costs.get(cal.budget, 0.0)
     streams = StreamDrafter(tree)
     if prompt_lookup:
-        return Speculation(MixedDrafter(streams), stream_pass, fallback)
+        return Speculation(
+            MixedDrafter(streams, prompt_lookup_drafter(model)), stream_pass, fallback
+        )
     if streams.shape.size <= 1:
         return None  # a one-node tree is plain decoding
     return Speculation(streams, stream_pass, fallback)

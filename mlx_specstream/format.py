@@ -17,6 +17,8 @@ base model:
     prune.b                              (rp, h)       o(M) = M + (M a) b
     draft_vocab                          (K,) int32  optional: the token ids streams
                                                      draft from, most frequent first
+    draft_corpus                         (L,) int32  optional: the model's own answers,
+                                                     -1 after each (``ngrams.py``)
 
 Adapters are applied as ``y = W x + ((x @ lora_a) @ lora_b)`` with any scale folded
 into ``lora_b``. ``i`` is the absolute layer index. Missing optional tensors
@@ -46,6 +48,8 @@ SUPPORTED_ARCHITECTURES = {
 SETTINGS_FILE = "speculative_streaming.json"
 STREAMS_FILE = "streams.safetensors"
 DRAFT_VOCAB = "draft_vocab"  # the optional int32 tensor of STREAMS_FILE
+# The optional int32 corpus of the model's own answers (ngrams.py), also in STREAMS_FILE
+DRAFT_CORPUS = "draft_corpus"
 STREAM_ADAPTER_MODULES = (
     "self_attn.q_proj",
     "self_attn.k_proj",

@@ -15,6 +15,7 @@ from mlx_lm.utils import save_model as mlx_lm_save_model
 from .errors import ModelFileError
 from .files import load_safetensors, read_json
 from .format import (
+    DRAFT_CORPUS,
     DRAFT_VOCAB,
     SETTINGS_FILE,
     STREAMS_FILE,
@@ -24,6 +25,7 @@ from .format import (
 )
 from .models import families, gemma3
 from .models.llama import Model
+from .ngrams import NgramStore
 
 SUPPORTED_MODEL_TYPES = tuple(SUPPORTED_ARCHITECTURES)
 
@@ -161,13 +163,21 @@ def load_stream_weights(model: Model, directory: Union[str, Path]) -> bool:
 
 
 def take_draft_vocab(model: Model, streams: Dict[str, mx.array], file: Path) -> None:
-    """Pop the optional ``draft_vocab`` tensor from a stream file's tensors, check
-    it, and make the model draft from it."""
+    """Pop the optional ``draft_vocab`` and ``draft_corpus`` tensors from a stream
+    file's tensors, check them, and make the model draft from them."""
     draft_vocab = streams.pop(DRAFT_VOCAB, None)
-    if draft_vocab is None:
-        return
+    corpus = streams.pop(DRAFT_CORPUS, None)
     try:
-        model.set_draft_vocab(np.array(draft_vocab))  # checks the ids
+        if draft_vocab is not None:
+            model.set_draft_vocab(np.array(draft_vocab))  # checks the ids
+        if corpus is not None:
+            corpus = np.array(corpus)
+            if corpus.size and corpus.max() >= model.args.vocab_size:
+                raise ValueError(
+                    f"draft_corpus id {corpus.max()} is outside the vocabulary "
+                    f"[0, {model.args.vocab_size})"
+                )
+            model.ngrams = NgramStore(corpus)
     except ValueError as e:
         raise ModelFileError(file, str(e)) from None
 
@@ -235,4 +245,6 @@ def save_model(model: Model, config: Dict, path: Union[str, Path]) -> None:
     streams = {k: v.astype(mx.float32) for k, v in model.streams.file_weights().items()}
     if model.draft_vocab is not None:
         streams[DRAFT_VOCAB] = mx.array(model.draft_vocab, mx.int32)
+    if model.ngrams is not None:
+        streams[DRAFT_CORPUS] = mx.array(model.ngrams.corpus, mx.int32)
     mx.save_safetensors(str(path / STREAMS_FILE), streams)

@@ -345,10 +345,12 @@ def test_init_streams_starts_from_trained_streams(setup, tmp_path, capsys):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    # Streams that carry a draft vocabulary (as the shipped ones do) start a run too.
+    # Streams that carry a draft vocabulary and corpus (as the shipped ones do)
+    # start a run too.
     from safetensors.torch import save_file
 
-    save_file({**a, "draft_vocab": torch.arange(5, dtype=torch.int32)},
+    save_file({**a, "draft_vocab": torch.arange(5, dtype=torch.int32),
+               "draft_corpus": torch.tensor([1, 2, 3, -1], dtype=torch.int32)},
               str(tmp_path / "a" / STREAMS_FILE))  # fmt: skip
     args = _args(setup, tmp_path / "d", "--steps", "1", "--lr", "0")
     train(build_parser().parse_args(args + ["--init-streams", str(tmp_path / "a")]))

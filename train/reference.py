@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mlx_specstream.format import (
+    DRAFT_CORPUS,
     DRAFT_VOCAB,
     SETTINGS_FILE,
     STREAMS_FILE,
@@ -285,9 +286,10 @@ class StreamingReference(nn.Module):
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file")
         tensors = load_file(str(path))
-        # A draft vocabulary (shipped streams carry one) is a decoding choice, not a
-        # trained parameter: streams trained from these keep the full vocabulary.
+        # A draft vocabulary and corpus (shipped streams carry them) are decoding
+        # choices, not trained parameters: streams trained from these have neither.
         tensors.pop(DRAFT_VOCAB, None)
+        tensors.pop(DRAFT_CORPUS, None)
         self.load_streams_state_dict(tensors, str(path))
 
     @torch.no_grad()

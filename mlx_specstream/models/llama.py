@@ -181,6 +181,9 @@ class Model(nn.Module):
     # (K,) token ids streams draft from (None: all); see ``set_draft_vocab``.
     draft_vocab: Optional[np.ndarray] = None
     _draft_head: Optional[DraftHead] = None
+    # The n-gram table of the model's own answers prompt lookup falls back on
+    # (an ``ngrams.NgramStore``; None: none shipped).
+    ngrams = None
 
     def __init__(self, args: ModelArgs, stream_args: Optional[StreamArgs] = None):
         super().__init__()

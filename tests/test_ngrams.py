@@ -1,0 +1,118 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""The n-gram table of the model's own answers: what it drafts, where prompt lookup
+asks it, that output stays plain greedy output, and the corpus in the stream file."""
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from conftest import tiny_config, tiny_hf_tokenizer, tiny_model, wrap
+from test_generate import run
+
+from mlx_specstream.drafters import PromptLookupDrafter
+from mlx_specstream.errors import ModelFileError
+from mlx_specstream.format import DRAFT_CORPUS, STREAMS_FILE
+from mlx_specstream.model_io import load_model, save_model
+from mlx_specstream.ngrams import NgramStore
+
+SEQS = [[1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [9, 2, 3, 7, 8], [0, 3, 6]]
+
+
+def test_store_follows_the_commonest_successor_of_the_longest_ngram():
+    store = NgramStore.from_sequences(SEQS)
+    assert store.successor([2, 3]) == (4, pytest.approx(2 / 3))
+    assert store.successor([9, 2, 3]) == (7, 1.0)  # the 3-gram wins over (2, 3)
+    assert store.successor([6, 2, 3]) == (4, pytest.approx(2 / 3))  # falls to 2
+    assert store.successor([3]) == (None, 0.0)  # shorter than any n-gram kept
+    assert store.chain([0, 1, 2], 8) == [3, 4, 5]  # (4, 5) ends every answer
+    assert store.chain([0, 1, 2], 2) == [3, 4]
+    assert store.chain([5, 2, 3], 8, min_prob=0.7) == []  # 4 follows (2, 3) 2 in 3
+    assert store.chain([5, 2, 3], 8, min_prob=0.6) == [4, 5]
+    # No n-gram runs across two answers.
+    assert NgramStore.from_sequences([[1, 2], [3, 4]]).successor([1, 2]) == (None, 0.0)
+    assert NgramStore.from_sequences([]).chain([1, 2], 4) == []
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((2, 3), np.int32), "1-D array"),
+        (np.array([1.0, 2.0]), "1-D array of token ids"),
+        (np.array([1, -2, 3]), "negative id -2"),
+    ],
+)
+def test_bad_corpus_is_a_clear_error(bad, message):
+    with pytest.raises(ValueError, match=message):
+        NgramStore(bad)
+
+
+def test_prompt_lookup_asks_the_store_before_a_one_token_match():
+    store = NgramStore.from_sequences([[7, 8, 9, 10], [4, 6, 6]])
+    lookup = PromptLookupDrafter(store=store)
+    # A 2-token match in history comes first ...
+    assert lookup.paths([1, 2, 3, 7, 8, 1, 2]) == [(3, 7, 8, 1, 2)]
+    # ... then the store ...
+    assert lookup.paths([8, 5, 7, 8]) == [(9, 10)]
+    # ... then a 1-token match in history.
+    assert lookup.paths([4, 5, 3, 4]) == [(5, 3, 4)]
+    assert PromptLookupDrafter().paths([8, 5, 7, 8]) == [(5, 7, 8)]  # no store
+
+
+def test_store_drafts_are_accepted_and_output_stays_plain():
+    tokenizer = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
+    model = tiny_model(6)
+    prompt = [5, 17, 33, 2, 61, 8, 40, 11, 70]
+    plain, _ = run(model, tokenizer, prompt, max_tokens=40, speculative=False)
+    without, rs_without = run(
+        model, tokenizer, prompt, max_tokens=40, prompt_lookup=True
+    )
+    # The model's own answer to this prompt, as a distilled corpus would hold it.
+    model.ngrams = NgramStore.from_sequences([plain])
+    with_store, rs = run(model, tokenizer, prompt, max_tokens=40, prompt_lookup=True)
+    assert without == with_store == plain
+    assert rs[-1].forward_calls < 0.75 * rs_without[-1].forward_calls
+
+
+def test_corpus_is_saved_with_the_streams_and_checked_on_load(tmp_path):
+    model = tiny_model(1)
+    model.ngrams = NgramStore.from_sequences(SEQS)
+    save_model(model, tiny_config(), tmp_path)
+    assert DRAFT_CORPUS in mx.load(str(tmp_path / STREAMS_FILE))
+    loaded = load_model(tmp_path)
+    np.testing.assert_array_equal(loaded.ngrams.corpus, model.ngrams.corpus)
+    assert loaded.has_streams
+    save_model(tiny_model(1), tiny_config(), tmp_path / "none")
+    assert load_model(tmp_path / "none").ngrams is None
+
+    file = tmp_path / STREAMS_FILE
+    tensors = dict(mx.load(str(file)))
+    tensors[DRAFT_CORPUS] = mx.array([1, 2, 96], mx.int32)  # conftest's V is 96
+    mx.save_safetensors(str(file), tensors)
+    with pytest.raises(ModelFileError, match="draft_corpus id 96 is outside") as e:
+        load_model(tmp_path)
+    assert STREAMS_FILE in str(e.value)
+
+
+def test_draft_corpus_script_writes_the_answers(tmp_path, capsys):
+    from mlx_specstream.benchmarks.draft_corpus import main
+
+    save_model(tiny_model(1), tiny_config(), tmp_path / "m")
+    records = tmp_path / "distilled.jsonl"
+    records.write_text(
+        "".join(
+            json.dumps(dict(prompt_tokens=[1], completion_tokens=s)) + "\n"
+            for s in SEQS
+        )
+    )
+    main(["--records", str(records), "--streams", str(tmp_path / "m" / STREAMS_FILE)])
+    assert "4 answers" in capsys.readouterr().out
+    loaded = load_model(tmp_path / "m")
+    assert loaded.ngrams.chain([0, 1, 2], 8) == [3, 4, 5]
+
+    records.write_text('{"prompt_tokens": [1]}\n')
+    with pytest.raises(SystemExit, match="distilled.jsonl:1: not a distill record"):
+        main(
+            ["--records", str(records), "--streams", str(tmp_path / "m" / STREAMS_FILE)]
+        )
+    assert load_model(tmp_path / "m").ngrams.chain([0, 1, 2], 8) == [3, 4, 5]  # intact
