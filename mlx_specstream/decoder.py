@@ -61,10 +61,12 @@ class DecodeOptions:
     prefill_step_size: int = 512
     likely_anchors: int = 4  # "likely": nodes given stream rows in the verify pass
     # A step's cost relative to a plain step (the calibration's c(T)); when set, a
-    # run still below that many tokens per pass after ``fallback_after`` passes
-    # decodes plainly from then on: speculation that does not pay is dropped.
+    # run still below that many tokens per pass after ``fallback_after`` tree passes
+    # (the first pass, a lone root, not counted) decodes plainly from then on:
+    # speculation that does not pay is dropped. After 4 passes, the 8-node default
+    # dropped chat prompts on which it ran 1.16x plain (bench, 2026-12-06).
     fallback_cost: float = 0.0
-    fallback_after: int = 4
+    fallback_after: int = 8
 
     def __post_init__(self):
         if self.stream_pass not in STREAM_PASSES:
@@ -375,8 +377,8 @@ def speculative_generate_step(
         yield Step(tokens, tree.size, T, len(tokens) - 1, logprobs)
         if (
             options.fallback_cost > 0
-            and passes >= options.fallback_after
-            and emitted < options.fallback_cost * passes
+            and passes > options.fallback_after
+            and emitted - 1 < options.fallback_cost * (passes - 1)
         ):  # slower than plain decoding so far: decode plainly
             for step in _plain_steps(model, cache, sampling, logits_processors):
                 if 0 <= max_tokens <= emitted:

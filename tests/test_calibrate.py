@@ -165,7 +165,7 @@ def test_calibrated_default_falls_back_to_plain_where_trees_do_not_pay():
                                           "likely", False, {"likely": costs})  # fmt: skip
         rs = list(stream_generate(model, tok, [4, 5, 6], max_tokens=40))
         assert [t for r in rs for t in r.tokens] == plain
-        late = [r.tree_size for r in rs[12:]]  # after the 4 passes it waits for
+        late = [r.tree_size for r in rs[16:]]  # after the 8 passes it waits for
         assert (set(late) == {1}) == falls_back, late
         assert rs[-1].forward_calls <= 40
     model.calibration = None
