@@ -26,7 +26,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from .drafters import Drafter, StreamTopK, topk_logprobs
+from .drafters import Drafter, LookupWatch, StreamTopK, lookup_of, topk_logprobs
 from .models.cache import PromptCache, as_prompt_cache
 from .models.llama import Model
 from .models.msa import Rows
@@ -62,11 +62,16 @@ class DecodeOptions:
     likely_anchors: int = 4  # "likely": nodes given stream rows in the verify pass
     # A step's cost relative to a plain step (the calibration's c(T)); when set, a
     # run still below that many tokens per pass after ``fallback_after`` tree passes
-    # (the first pass, a lone root, not counted) decodes plainly from then on:
-    # speculation that does not pay is dropped. After 4 passes, the 8-node default
+    # (the first pass, a lone root, not counted) decodes plainly: speculation that
+    # does not pay is dropped, until prompt lookup says it may pay again (below). After 4 passes, the 8-node default
     # dropped chat prompts on which it ran 1.16x plain (bench, 2026-12-06).
     fallback_cost: float = 0.0
     fallback_after: int = 8
+    # After a fallback, speculation resumes once the run's prompt lookup would have
+    # drafted 2+ correct tokens at ``resume_hits`` of the last ``resume_window`` plain
+    # tokens (0: never resume); a resumed stretch is judged as above, on its own.
+    resume_hits: int = 2
+    resume_window: int = 16
 
     def __post_init__(self):
         if self.stream_pass not in STREAM_PASSES:
@@ -76,6 +81,11 @@ class DecodeOptions:
             )
         if self.likely_anchors < 1:
             raise ValueError(f"likely_anchors must be >= 1, got {self.likely_anchors}")
+        if self.resume_hits < 0 or self.resume_window < self.resume_hits:
+            raise ValueError(
+                "resume_hits must be in [0, resume_window], got "
+                f"{self.resume_hits} of {self.resume_window}"
+            )
         if self.fallback_cost < 0 or self.fallback_after < 1:
             raise ValueError(
                 "fallback_cost must be >= 0 and fallback_after >= 1, got "
@@ -184,8 +194,15 @@ def _plain_steps(
     sampler: Sampler,
     logits_processors: Optional[Sequence[LogitsProcessor]],
     on_first: Optional[Callable[[], None]] = None,
+    resume: Optional[Callable[[List[int]], bool]] = None,
 ) -> Iterator[Step]:
-    """Plain decoding steps from a cache whose last token is not fed yet."""
+    """Plain decoding steps from a cache whose last token is not fed yet.
+
+    Args:
+        resume: asked with the conversation before each next step is built; once
+            it returns True, the token in hand is yielded unfed (the cache's pending
+            token, as after a speculative step) and the steps end.
+    """
     known = known_sampler(sampler)
     greedy = known is not None and known.greedy
     context = mx.array(cache.tokens) if logits_processors else None
@@ -204,6 +221,11 @@ def _plain_steps(
     mx.async_eval(y)
     first = True
     while True:
+        if resume is not None and resume(cache.tokens):
+            cache.tokens.append(y.item())  # host sync; stays pending
+            cache.pending = 1
+            yield Step([cache.tokens[-1]], 1, 1, 0, logprobs)
+            return
         if logits_processors:
             context = mx.concatenate([context, y.astype(context.dtype)])
         # Build the next step while this one computes (as mlx-lm does); it feeds y.
@@ -340,9 +362,11 @@ def speculative_generate_step(
     run_streams = drafter.top_k > 0 and heads is None
     anchors_of = _anchor_choice(options) if run_streams else None
 
+    lookup = lookup_of(drafter) if options.resume_hits else None
     # The last prompt token is a one-node tree whose streams draft the first tree.
     tree = Tree((cache.tokens[-1],), (-1,))
-    emitted = passes = 0
+    emitted = 0
+    stretch = [0, 0]  # tokens and passes since speculation (re)started
     while max_tokens < 0 or emitted < max_tokens:
         offset = cache[0].offset
         p = _forward_tree(model, cache, tree, options.prune_threshold, anchors_of)
@@ -373,19 +397,29 @@ def speculative_generate_step(
             streams = _stream_topk(model, s, drafter.top_k)
         else:
             streams = None
-        emitted, passes = emitted + len(tokens), passes + 1
+        emitted += len(tokens)
+        stretch = [stretch[0] + len(tokens), stretch[1] + 1]
         yield Step(tokens, tree.size, T, len(tokens) - 1, logprobs)
         if (
             options.fallback_cost > 0
-            and passes > options.fallback_after
-            and emitted - 1 < options.fallback_cost * (passes - 1)
-        ):  # slower than plain decoding so far: decode plainly
-            for step in _plain_steps(model, cache, sampling, logits_processors):
+            and stretch[1] > options.fallback_after
+            and stretch[0] - 1 < options.fallback_cost * (stretch[1] - 1)
+        ):  # slower than plain decoding so far: decode plainly, maybe resume
+            watch = None
+            if lookup is not None:
+                watch = LookupWatch(lookup, options.resume_hits, options.resume_window)
+            for step in _plain_steps(
+                model, cache, sampling, logits_processors, resume=watch
+            ):
                 if 0 <= max_tokens <= emitted:
                     return
                 emitted += 1
                 yield step
-            return
+            if watch is None:
+                return
+            # The watch ended plain decoding: its last token is the next root.
+            tree, stretch = Tree((cache.tokens[-1],), (-1,)), [0, 0]
+            continue
         tree = drafter.draft(correction, streams, cache.tokens)
         if max_tokens >= 0:
             tree = tree.within(max_tokens - emitted)

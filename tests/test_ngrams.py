@@ -116,3 +116,22 @@ def test_draft_corpus_script_writes_the_answers(tmp_path, capsys):
             ["--records", str(records), "--streams", str(tmp_path / "m" / STREAMS_FILE)]
         )
     assert load_model(tmp_path / "m").ngrams.chain([0, 1, 2], 8) == [3, 4, 5]  # intact
+
+
+def test_lookup_watch_says_when_lookup_would_draft_again():
+    """The watch scores each chain two tokens later; it fires once ``hits`` of the
+    last ``window`` chains got their first two tokens right."""
+    from mlx_specstream.drafters import LookupWatch, PromptLookupDrafter
+
+    cycle = [5, 6, 7, 8, 9]
+    watch = LookupWatch(PromptLookupDrafter(), hits=2, window=4)
+    history, fired = [1, 2, 3], []
+    for t in cycle * 3:  # a phrase that repeats: lookup copies it
+        history.append(t)
+        fired.append(watch(history))
+    assert not any(fired[:6]) and fired[-1], fired
+    watch = LookupWatch(PromptLookupDrafter(), hits=2, window=4)
+    novel = list(range(10, 40))  # nothing repeats: no chain comes true
+    assert not any(watch(novel[:n]) for n in range(1, len(novel) + 1))
+    watch = LookupWatch(PromptLookupDrafter(), hits=0, window=4)  # 0: never
+    assert not any(watch((cycle * 3)[:n]) for n in range(1, 16))
