@@ -25,7 +25,7 @@ from mlx_specstream.medusa import MedusaDrafter, load_medusa
 from mlx_specstream.registry import DEFAULT_MODEL
 from mlx_specstream.utils import load
 
-from mlx_specstream.defaults import prompt_lookup_drafter
+from mlx_specstream.defaults import prompt_lookup_drafter, stream_drafter
 from mlx_specstream.drafters import MixedDrafter, StreamDrafter
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.prompts import apply_chat_template, encode_prompt, read_prompts
@@ -137,7 +137,7 @@ def make_methods(model, args) -> Dict[str, Callable]:
     """Method name -> ``f(ids) -> (tokens, ttft, seconds, passes, accepted)``."""
     theirs, their_tok = mlx_lm.load(str(model.path))
     tok = args.tokenizer
-    best_first = StreamDrafter(TreeShape(budget=16))
+    best_first = stream_drafter(model, TreeShape(budget=16))
     lookup = prompt_lookup_drafter(model)  # with the model's n-gram table, if any
     ss = {
         "ss_cartesian": dict(
@@ -161,7 +161,7 @@ def make_methods(model, args) -> Dict[str, Callable]:
             drafter=MixedDrafter(best_first, lookup), stream_pass="likely"
         ),
         "ss8_plus_lookup_likely_pass": dict(
-            drafter=MixedDrafter(StreamDrafter(TreeShape(budget=8)), lookup),
+            drafter=MixedDrafter(stream_drafter(model, TreeShape(budget=8)), lookup),
             stream_pass="likely",
         ),
         # What users get by default: the tree, stream pass and lookup calibrated

@@ -65,7 +65,7 @@ def main():
     from mlx_specstream import load
     from mlx_specstream.benchmarks.bench import task_group
     from mlx_specstream.replay import replay, stream_candidates
-    from mlx_specstream.defaults import prompt_lookup_drafter
+    from mlx_specstream.defaults import prompt_lookup_drafter, stream_drafter
     from mlx_specstream.drafters import MixedDrafter, StreamDrafter
     from mlx_specstream.tree import TreeShape
 
@@ -79,17 +79,22 @@ def main():
     model, tokenizer = load(args.model)
     eos = next(iter(tokenizer.eos_token_ids))
 
+    # Trees as decoding drafts them: best-first trees reranked by the model's n-gram
+    # table of its own answers where the model ships one ("no_rerank": without).
     drafters = {}
     for name, (kind, arg) in TREES.items():
         shape = TreeShape(kind, arg) if kind == "cartesian" else TreeShape(budget=arg)
-        drafters[name] = StreamDrafter(shape)
-    # Prompt lookup as decoding runs it: with the model's n-gram table of its own
-    # answers where the model ships one ("prompt_only": without it).
+        drafters[name] = stream_drafter(model, shape)
+    # Prompt lookup as decoding runs it: with the same table where history holds no
+    # match ("prompt_only": without it).
     lookup = prompt_lookup_drafter(model)
     for budget in (16, 32):
         drafters[f"best_first_{budget}+lookup"] = MixedDrafter(
-            StreamDrafter(TreeShape(budget=budget)), lookup
+            stream_drafter(model, TreeShape(budget=budget)), lookup
         )
+    drafters["best_first_16+lookup_no_rerank"] = MixedDrafter(
+        StreamDrafter(TreeShape(budget=16)), lookup
+    )
     drafters["best_first_16+prompt_only"] = MixedDrafter(
         StreamDrafter(TreeShape(budget=16))
     )

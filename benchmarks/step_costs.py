@@ -14,6 +14,8 @@ sees the same state):
   vocabulary changes), on fixed stream states;
 - host: the Python work of a step outside those passes (acceptance, drafting the
   next tree, its masks and tables);
+- draft, draft plain: of the host work, drafting the next tree alone, with the
+  model's n-gram rerank (as decoding drafts) and without it;
 - graph: building (not running) the verify and stream passes' graphs, the Python
   share of those two passes;
 - step: a whole decoder step (median over the passes of a real greedy run, with
@@ -125,7 +127,14 @@ def main(argv=None) -> None:
     cache = make_cache(model)
     dec.prefill(model, ids, cache, 512)
     offset = cache[0].offset
-    drafter = StreamDrafter(TreeShape(budget=args.budget))
+    shape = TreeShape(budget=args.budget)
+    plain_drafter = StreamDrafter(shape)
+    try:  # decoding's drafter: reranked by the model's n-gram table, if it has one
+        from mlx_specstream.defaults import stream_drafter
+
+        drafter = stream_drafter(model, shape)
+    except ImportError:
+        drafter = plain_drafter
     g = model.streams.args.num_streams
 
     def rollback():
@@ -201,6 +210,12 @@ def main(argv=None) -> None:
         nxt = drafter.draft(tree.tokens[path[-1]], state["streams"], history)
         Rows.tree(nxt.ancestor_mask, nxt.depths, offset, model.streams)
 
+    def draft():
+        drafter.draft(tree.tokens[path[-1]], state["streams"], history)
+
+    def draft_plain():
+        plain_drafter.draft(tree.tokens[path[-1]], state["streams"], history)
+
     def graph() -> float:
         """ms to build both graphs; they then run untimed, so nothing lazy is left
         in the cache for the next measurement."""
@@ -241,7 +256,17 @@ def main(argv=None) -> None:
     parts: Dict[tuple, Dict[str, List[float]]] = {
         c: {
             n: []
-            for n in ("plain", "verify", "stream", "head", "host", "graph", "rows")
+            for n in (
+                "plain",
+                "verify",
+                "stream",
+                "head",
+                "host",
+                "draft",
+                "draft_plain",
+                "graph",
+                "rows",
+            )
         }
         for c in configs
     }
@@ -251,6 +276,8 @@ def main(argv=None) -> None:
         stream=stream,
         head=head,
         host=host,
+        draft=draft,
+        draft_plain=draft_plain,
         graph=graph,
         rows=rows,
     )
@@ -277,10 +304,11 @@ def main(argv=None) -> None:
     )
     print(f"load average (1/5/15 min) before: {loads[0]}, after: {loads[1]}")
     print(
-        "| path | draft vocab | plain | verify | stream | head | host | graph "
-        "| step | step / plain | verify + rows | step likely | likely / plain |"
+        "| path | draft vocab | plain | verify | stream | head | host | draft "
+        "| draft plain | graph | step | step / plain | verify + rows | step likely "
+        "| likely / plain |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     report = []
     for c in configs:
         med = {n: statistics.median(v) for n, v in parts[c].items()}
@@ -291,7 +319,7 @@ def main(argv=None) -> None:
         print(
             f"| {c[0]} | {k} | {med['plain']:.1f} | {med['verify']:.1f} | "
             f"{med['stream']:.1f} | {med['head']:.1f} | {med['host']:.2f} | "
-            f"{med['graph']:.1f} | "
+            f"{med['draft']:.2f} | {med['draft_plain']:.2f} | {med['graph']:.1f} | "
             f"{steps[c]:.1f} | "
             f"{steps[c] / med['plain']:.2f} | {med['rows']:.1f} | "
             f"{steps_likely[c]:.1f} | {steps_likely[c] / med['plain']:.2f} |"

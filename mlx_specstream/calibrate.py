@@ -45,8 +45,8 @@ from .decoder import (
     generate_step,
     speculative_generate_step,
 )
-from .defaults import prompt_lookup_drafter
-from .drafters import MixedDrafter, StreamDrafter
+from .defaults import prompt_lookup_drafter, stream_drafter
+from .drafters import MixedDrafter
 from .models.llama import Model
 from .prompts import apply_chat_template, encode_prompt, read_prompts
 from .registry import DEFAULT_MODEL, resolve
@@ -115,7 +115,7 @@ def measure_costs(
     for sp in stream_passes:
         for T in sizes:
             if T > 1:
-                drafter = StreamDrafter(TreeShape(budget=T))
+                drafter = stream_drafter(model, TreeShape(budget=T))
                 options = DecodeOptions(stream_pass=sp)
                 runs[(sp, T)] = speculative_generate_step(
                     prompt, model, drafter, options=options
@@ -170,9 +170,9 @@ def calibrate(
     base = seconds[STREAM_PASSES[0]][1]
     costs = {sp: {T: s / base for T, s in c.items()} for sp, c in seconds.items()}
     drafters = {
-        "streams": lambda T: StreamDrafter(TreeShape(budget=T)),
+        "streams": lambda T: stream_drafter(model, TreeShape(budget=T)),
         "streams+lookup": lambda T: MixedDrafter(
-            StreamDrafter(TreeShape(budget=T)), prompt_lookup_drafter(model)
+            stream_drafter(model, TreeShape(budget=T)), prompt_lookup_drafter(model)
         ),
     }
     passes = {d: {T: 0 for T in budgets} for d in drafters}

@@ -35,6 +35,12 @@ def prompt_lookup_drafter(model: Model) -> PromptLookupDrafter:
     return PromptLookupDrafter(store=model.ngrams)
 
 
+def stream_drafter(model: Model, tree: TreeShape) -> StreamDrafter:
+    """The stream drafter, its trees reranked by the model's n-gram table where it
+    ships one."""
+    return StreamDrafter(tree, store=model.ngrams)
+
+
 def choose_speculation(
     model: Model,
     tree: Optional[TreeShape] = None,
@@ -70,7 +76,7 @@ def choose_speculation(
         if cal is not None:
             costs = cal.all_costs.get(stream_pass) or cal.costs
             fallback = costs.get(cal.budget, 0.0)
-    streams = StreamDrafter(tree)
+    streams = stream_drafter(model, tree)
     if prompt_lookup:
         return Speculation(
             MixedDrafter(streams, prompt_lookup_drafter(model)), stream_pass, fallback

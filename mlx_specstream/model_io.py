@@ -177,7 +177,7 @@ def take_draft_vocab(model: Model, streams: Dict[str, mx.array], file: Path) -> 
                     f"draft_corpus id {corpus.max()} is outside the vocabulary "
                     f"[0, {model.args.vocab_size})"
                 )
-            model.ngrams = NgramStore(corpus)
+            model.ngrams = NgramStore(corpus, model.args.vocab_size)
     except ValueError as e:
         raise ModelFileError(file, str(e)) from None
 

@@ -9,6 +9,11 @@ that most often follows it, and drafts a chain by following those tokens while t
 longest matching n-gram predicts its successor often enough. Verification decides
 what is kept, so a poor chain costs tree nodes, never correctness. The corpus ships
 as the optional ``draft_corpus`` tensor of the stream file (``format.py``).
+
+The same counts give ``probs``: a smoothed estimate of what follows a context, which
+the stream drafter uses to rerank stream candidates along each tree path. A stream
+drafts token t + 1 + j without seeing the tokens the tree puts before it; the table
+does see them.
 """
 
 from typing import Iterable, List, Sequence
@@ -17,6 +22,8 @@ import numpy as np
 
 MAX_NGRAM = 4
 MIN_NGRAM = 2
+# Longest context ``probs`` conditions on (3 and 4 measured the same).
+MAX_CONTEXT = 3
 SEPARATOR = -1  # between sequences of a flat corpus
 # Odd multiplier of the rolling hash; n-gram keys are hashed into 64 bits, and a
 # collision only drafts a wrong token.
@@ -40,7 +47,7 @@ class NgramStore:
         corpus: (L,) int32 token ids; ``SEPARATOR`` between sequences.
     """
 
-    def __init__(self, corpus: np.ndarray):
+    def __init__(self, corpus: np.ndarray, vocab_size: int = 0):
         corpus = np.asarray(corpus)
         if corpus.ndim != 1 or not np.issubdtype(corpus.dtype, np.integer):
             raise ValueError(
@@ -50,32 +57,45 @@ class NgramStore:
         if corpus.size and corpus.min() < SEPARATOR:
             raise ValueError(f"draft_corpus holds a negative id {corpus.min()}")
         self.corpus = corpus.astype(np.int32)
+        tokens = self.corpus[self.corpus != SEPARATOR]
+        self.vocab_size = max(vocab_size, int(tokens.max()) + 1 if tokens.size else 1)
+        self._unigram = np.bincount(tokens, minlength=self.vocab_size)
+        # n -> (keys, successors, counts) of every (n-gram, successor) pair, sorted
+        # by key then successor, and the running count (len + 1,) for totals
+        n_max = max(MAX_NGRAM, MAX_CONTEXT)
+        self._pairs = {n: self._pair_table(n) for n in range(1, n_max + 1)}
         # n -> (sorted keys, successor, its count, all successors' count)
-        self._tables = {n: self._table(n) for n in range(MIN_NGRAM, MAX_NGRAM + 1)}
+        self._tables = {n: self._top_table(n) for n in range(MIN_NGRAM, MAX_NGRAM + 1)}
 
     @classmethod
-    def from_sequences(cls, sequences: Iterable[Sequence[int]]) -> "NgramStore":
+    def from_sequences(
+        cls, sequences: Iterable[Sequence[int]], vocab_size: int = 0
+    ) -> "NgramStore":
         parts: List[int] = []
         for s in sequences:
             parts.extend(int(t) for t in s)
             parts.append(SEPARATOR)
-        return cls(np.array(parts, np.int32))
+        return cls(np.array(parts, np.int32), vocab_size)
 
-    def _table(self, n: int) -> tuple:
+    def _pair_table(self, n: int) -> tuple:
         c = self.corpus
         w = np.zeros((0, n + 1), np.int32)
         if c.size > n:  # (L - n, n + 1) windows: an n-gram and its successor
             w = np.lib.stride_tricks.sliding_window_view(c, n + 1)
             w = w[(w != SEPARATOR).all(axis=1)]
-        if not w.size:
-            empty = np.zeros(0, np.int64)
-            return np.zeros(0, np.uint64), empty, empty, empty
         keys, succ = _hash(w[:, :n]), w[:, n].astype(np.int64)
         order = np.lexsort((succ, keys))
         keys, succ = keys[order], succ[order]
         first = np.r_[True, (keys[1:] != keys[:-1]) | (succ[1:] != succ[:-1])]
-        pair_keys, pair_succ = keys[first], succ[first]
-        pair_count = np.diff(np.r_[np.flatnonzero(first), keys.size])
+        first = first[: keys.size]
+        count = np.diff(np.r_[np.flatnonzero(first), keys.size])
+        return keys[first], succ[first], count, np.r_[0, np.cumsum(count)]
+
+    def _top_table(self, n: int) -> tuple:
+        pair_keys, pair_succ, pair_count, _ = self._pairs[n]
+        if not pair_keys.size:
+            empty = np.zeros(0, np.int64)
+            return np.zeros(0, np.uint64), empty, empty, empty
         # Per key, its most frequent successor (the smallest id on a tie) first.
         order = np.lexsort((pair_succ, -pair_count, pair_keys))
         pair_keys, pair_succ, pair_count = (
@@ -84,8 +104,31 @@ class NgramStore:
             pair_count[order],
         )
         starts = np.flatnonzero(np.r_[True, pair_keys[1:] != pair_keys[:-1]])
-        total = np.add.reduceat(pair_count, starts) if starts.size else pair_count
+        total = np.add.reduceat(pair_count, starts)
         return pair_keys[starts], pair_succ[starts], pair_count[starts], total
+
+    def probs(
+        self, context: Sequence[int], tokens: np.ndarray, smoothing: float = 1.0
+    ) -> np.ndarray:
+        """P(token | context) for each of ``tokens`` (K,): add-one unigram counts,
+        then each longer context the corpus holds (up to ``MAX_CONTEXT``) mixed in
+        as (its counts + ``smoothing`` * the shorter estimate) / (its total +
+        ``smoothing``), so a context seen often outweighs the shorter ones."""
+        tokens = np.asarray(tokens, np.int64)
+        inside = tokens < self.vocab_size
+        counts = np.where(inside, self._unigram[np.where(inside, tokens, 0)], 0)
+        p = (counts + 1.0) / (self._unigram.sum() + self.vocab_size)
+        for n in range(1, min(MAX_CONTEXT, len(context)) + 1):
+            keys, succ, count, cum = self._pairs[n]
+            key = _hash(np.asarray(context[-n:], np.int64)[None])[0]
+            lo, hi = np.searchsorted(keys, key), np.searchsorted(keys, key, "right")
+            if lo == hi:
+                break  # a longer context holding this one is unknown too
+            i = lo + np.searchsorted(succ[lo:hi], tokens)
+            hit = (i < hi) & (succ[np.minimum(i, hi - 1)] == tokens)
+            c = np.where(hit, count[np.minimum(i, hi - 1)], 0)
+            p = (c + smoothing * p) / (cum[hi] - cum[lo] + smoothing)
+        return p
 
     def successor(self, context: Sequence[int]) -> tuple:
         """``(token, probability)`` after the longest n-gram ending ``context`` that

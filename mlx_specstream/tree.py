@@ -20,7 +20,7 @@ in order of joint stream probability until a node budget is spent.
 import heapq
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -187,32 +187,54 @@ def cartesian_paths(
     return paths
 
 
+# path -> (tokens (K,), scores (K,)) of the path's children, scores sorted
+# decreasing and at most 0 (log-probabilities, possibly reranked)
+Children = Callable[[Tuple[int, ...]], Tuple[np.ndarray, np.ndarray]]
+
+
+def best_first_walk(
+    children: Children, budget: int, max_depth: int
+) -> List[Tuple[int, ...]]:
+    """Paths of the ``budget - 1`` best nodes below the root, best first.
+
+    A node's score is the sum of the scores along its path. Children come sorted and
+    scores are at most 0, so a node's next sibling and first child always score at
+    most the node itself: a heap walk enumerates nodes in score order, and every
+    node's parent is taken before it. ``children`` is asked once per node taken
+    above ``max_depth``.
+    """
+    rows = {(): children(())}
+    # heap entries: (-score, ranks), ranks[i] the rank of the path's i-th token
+    heap = [(-float(rows[()][1][0]), (0,))] if len(rows[()][0]) else []
+    paths: Dict[Tuple[int, ...], Tuple[int, ...]] = {(): ()}
+    nodes: List[Tuple[int, ...]] = []
+    while heap and len(nodes) < budget - 1:
+        neg, ranks = heapq.heappop(heap)
+        parent, r = ranks[:-1], ranks[-1]
+        tokens, scores = rows[parent]
+        path = paths[ranks] = paths[parent] + (int(tokens[r]),)
+        nodes.append(path)
+        if r + 1 < len(tokens):  # next sibling
+            heapq.heappush(heap, (neg + scores[r] - scores[r + 1], parent + (r + 1,)))
+        if len(ranks) < max_depth:  # first child
+            row = rows[ranks] = children(path)
+            if len(row[0]):
+                heapq.heappush(heap, (neg - row[1][0], ranks + (0,)))
+    return nodes
+
+
 def best_first_paths(
     tokens: np.ndarray, logprobs: np.ndarray, budget: int, max_depth: int = 0
 ) -> List[Tuple[int, ...]]:
     """Nodes of the most probable tree with ``budget`` nodes, root included.
 
     A node at depth g is a choice of rank r_1..r_g in streams 1..g; its score is the
-    sum of those log-probabilities. Candidates are sorted, so a node's next sibling
-    and first child always score at most the node itself: a heap walk enumerates
-    nodes in score order and every node's parent is taken before it.
+    sum of those log-probabilities.
 
     Args:
         tokens, logprobs: (γ, K) per-stream candidates, sorted by decreasing logprob.
     """
     depth = tokens.shape[0] if max_depth <= 0 else min(max_depth, tokens.shape[0])
-    K = tokens.shape[1]
-    heap = [(-float(logprobs[0, 0]), (0,))]
-    nodes: List[Tuple[int, ...]] = []
-    while heap and len(nodes) < budget - 1:
-        neg, ranks = heapq.heappop(heap)
-        nodes.append(ranks)
-        g = len(ranks) - 1
-        if ranks[-1] + 1 < K:  # next sibling
-            sib = ranks[:-1] + (ranks[-1] + 1,)
-            heapq.heappush(
-                heap, (neg + logprobs[g, ranks[-1]] - logprobs[g, sib[-1]], sib)
-            )
-        if g + 1 < depth:  # first child
-            heapq.heappush(heap, (neg - logprobs[g + 1, 0], ranks + (0,)))
-    return [tuple(int(tokens[g, r]) for g, r in enumerate(ranks)) for ranks in nodes]
+    return best_first_walk(
+        lambda path: (tokens[len(path)], logprobs[len(path)]), budget, depth
+    )

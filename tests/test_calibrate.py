@@ -5,20 +5,26 @@ import pytest
 from conftest import tiny_hf_tokenizer, tiny_model, wrap
 
 from mlx_specstream.calibrate import calibrate
+from mlx_specstream.drafters import StreamDrafter
+from mlx_specstream.ngrams import NgramStore
 from mlx_specstream.replay import replay, stream_candidates
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.tree import TreeShape
 
 
+@pytest.mark.parametrize("store", [False, True])
 @pytest.mark.parametrize("budget", [1, 4, 12])
-def test_replay_counts_the_decoders_passes(budget):
+def test_replay_counts_the_decoders_passes(budget, store):
     tok = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
     # Strong random streams so that some drafts are accepted.
     model = tiny_model(
         3, StreamArgs(num_streams=3, num_stream_layers=3), stream_scale=0.2
     )
     prompt = [7, 3, 9, 12, 40, 41]
+    if store:  # trees reranked by a table of the model's answers, history-dependent
+        plain = list(stream_generate(model, tok, prompt, max_tokens=40))
+        model.ngrams = NgramStore.from_sequences([[r.token for r in plain]])
     rs = list(
         stream_generate(
             model, tok, prompt, max_tokens=40, tree=TreeShape(budget=budget)
@@ -27,8 +33,8 @@ def test_replay_counts_the_decoders_passes(budget):
     out = [t for r in rs for t in r.tokens]
     seq = prompt + out
     cands = stream_candidates(model, seq, budget)
-    shape = TreeShape(budget=budget)
-    passes, tokens, depths = replay(cands, seq, len(prompt), shape, max_tokens=40)
+    drafter = StreamDrafter(TreeShape(budget=budget), store=model.ngrams)
+    passes, tokens, depths = replay(cands, seq, len(prompt), drafter, max_tokens=40)
     assert tokens == 40
     assert passes == rs[-1].forward_calls
     assert depths == [r.accepted for r in rs[1:] if not r.from_draft]  # one per pass

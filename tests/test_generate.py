@@ -203,7 +203,9 @@ def test_likely_stream_pass_drafts_as_the_others(tokenizer, seed, monkeypatch):
     trees, fallbacks = {}, {}
     for sp in STREAM_PASSES:
         calls.clear()
-        drafter = RecordingStreams(TreeShape(budget=8), plain, len(PROMPT))
+        drafter = RecordingStreams(
+            TreeShape(budget=8), truth=plain, prompt_len=len(PROMPT)
+        )
         out, _ = run(model, tokenizer, max_tokens=40, drafter=drafter, stream_pass=sp)
         assert out == plain, sp
         trees[sp], fallbacks[sp] = drafter.trees, len(calls)

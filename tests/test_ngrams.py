@@ -10,11 +10,13 @@ import pytest
 from conftest import tiny_config, tiny_hf_tokenizer, tiny_model, wrap
 from test_generate import run
 
-from mlx_specstream.drafters import PromptLookupDrafter
+from mlx_specstream.defaults import choose_speculation
+from mlx_specstream.drafters import PromptLookupDrafter, StreamDrafter, StreamTopK
 from mlx_specstream.errors import ModelFileError
 from mlx_specstream.format import DRAFT_CORPUS, STREAMS_FILE
 from mlx_specstream.model_io import load_model, save_model
 from mlx_specstream.ngrams import NgramStore
+from mlx_specstream.tree import TreeShape
 
 SEQS = [[1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [9, 2, 3, 7, 8], [0, 3, 6]]
 
@@ -135,3 +137,106 @@ def test_lookup_watch_says_when_lookup_would_draft_again():
     assert not any(watch(novel[:n]) for n in range(1, len(novel) + 1))
     watch = LookupWatch(PromptLookupDrafter(), hits=0, window=4)  # 0: never
     assert not any(watch((cycle * 3)[:n]) for n in range(1, 16))
+
+
+def test_probs_interpolate_from_the_unigram_up_to_the_longest_known_context():
+    store = NgramStore.from_sequences(SEQS, vocab_size=10)
+    # 18 tokens; add-one unigram over 10 ids: (count + 1) / 28
+    unigram = (np.bincount(np.concatenate(SEQS), minlength=10) + 1) / 28
+    np.testing.assert_allclose(store.probs([], np.arange(10)), unigram)
+    # 3 is followed by 4 twice, 7 once, 6 once: (count + unigram) / (4 + 1)
+    after_3 = (np.array([0, 0, 0, 0, 2, 0, 1, 1, 0, 0]) + unigram) / 5
+    np.testing.assert_allclose(store.probs([3], np.arange(10)), after_3)
+    # (2, 3) is followed by 4 twice, 7 once: mixed over the estimate after 3
+    after_23 = (np.array([0, 0, 0, 0, 2, 0, 0, 1, 0, 0]) + after_3) / 4
+    np.testing.assert_allclose(store.probs([2, 3], np.arange(10)), after_23)
+    np.testing.assert_allclose(store.probs([2, 3], [7, 4]), after_23[[7, 4]])
+    assert store.probs([1, 2, 3], np.arange(10)).sum() == pytest.approx(1.0)
+    # An unknown context stops the climb: (8, 3) was never seen, 3 was.
+    np.testing.assert_allclose(store.probs([8, 3], np.arange(10)), after_3)
+    np.testing.assert_allclose(store.probs([5], np.arange(10)), unigram)  # 5 ends
+    # Smoothing weighs the shorter estimate.
+    sharp = store.probs([3], [4], smoothing=0.01)[0]
+    assert sharp == pytest.approx((2 + 0.01 * unigram[4]) / 4.01)
+
+
+def rerank_case():
+    """Stream 1 slightly prefers 10 over 11, stream 2 strongly prefers 20 over 21;
+    the model's answers always go 1 -> 11 -> 21."""
+    streams = StreamTopK(
+        np.array([[10, 11], [20, 21]]), np.log(np.array([[0.55, 0.45], [0.9, 0.1]]))
+    )
+    return streams, NgramStore.from_sequences([[1, 11, 21]] * 50, vocab_size=30)
+
+
+def test_store_reranks_each_nodes_children_given_its_path():
+    streams, store = rerank_case()
+    shape = TreeShape(budget=3, depth_penalty=0.0)
+    plain = StreamDrafter(shape).draft(1, streams, [4, 1])
+    assert plain.tokens == (1, 10, 20)  # the streams' own best-first tree
+    tree = StreamDrafter(shape, store=store).draft(1, streams, [4, 1])
+    assert tree.tokens == (1, 11, 21) and tree.parents == (-1, 0, 1)
+    # The path conditions the table: 10 was never seen, so below it the table
+    # knows only how common 21 is, which does not outweigh stream 2.
+    full = StreamDrafter(TreeShape(budget=7, depth_penalty=0.0), store=store).draft(
+        1, streams, [4, 1]
+    )
+    below_10 = [full.tokens[c] for c in full.children[full.tokens.index(10)]]
+    assert below_10 == [20, 21]
+    # Weight 0, no history, or a Cartesian tree: no rerank.
+    for drafter, history in [
+        (StreamDrafter(shape, store=store, store_weight=0.0), [4, 1]),
+        (StreamDrafter(shape, store=store), []),
+    ]:
+        assert drafter.draft(1, streams, history) == plain
+    cart = TreeShape("cartesian", (1, 1))
+    assert StreamDrafter(cart, store=store).draft(1, streams, [1]).tokens == (
+        1,
+        10,
+        20,
+    )
+
+
+def test_reranked_scores_keep_each_rows_total():
+    streams, store = rerank_case()
+    drafter = StreamDrafter(TreeShape(budget=3), store=store)
+    scores = streams.logprobs - 0.5 * np.arange(2)[:, None]
+    children = drafter._reranked(streams.tokens, scores, [1])
+    for path in [(), (11,), (10,)]:
+        toks, s = children(path)
+        assert np.all(np.diff(s) <= 0)
+        g = len(path)
+        assert np.logaddexp.reduce(s) == pytest.approx(np.logaddexp.reduce(scores[g]))
+        assert sorted(toks.tolist()) == sorted(streams.tokens[g].tolist())
+
+
+@pytest.mark.parametrize("stream_pass", ["tree", "accepted"])
+def test_reranked_trees_leave_output_plain(stream_pass):
+    tokenizer = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
+    model = tiny_model(6)
+    prompt = [5, 17, 33, 2, 61, 8, 40, 11, 70]
+    plain, _ = run(model, tokenizer, prompt, max_tokens=40, speculative=False)
+    shape = TreeShape(budget=8)
+    _, rs_without = run(
+        model, tokenizer, prompt, max_tokens=40, tree=shape, stream_pass=stream_pass
+    )
+    # The model's own answer, as a distilled corpus would hold it; decoding's
+    # default stream drafter reranks with the model's table.
+    model.ngrams = NgramStore.from_sequences([plain])
+    assert choose_speculation(model, tree=shape).drafter.store is model.ngrams
+    spec, rs = run(
+        model, tokenizer, prompt, max_tokens=40, tree=shape, stream_pass=stream_pass
+    )
+    assert spec == plain
+    # A heavy weight makes the table's answer win wherever the streams list it.
+    strong = StreamDrafter(shape, store=model.ngrams, store_weight=3.0)
+    spec, rs_strong = run(
+        model,
+        tokenizer,
+        prompt,
+        max_tokens=40,
+        drafter=strong,
+        stream_pass=stream_pass,
+    )
+    assert spec == plain
+    assert rs_strong[-1].forward_calls < rs_without[-1].forward_calls
