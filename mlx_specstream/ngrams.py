@@ -28,6 +28,7 @@ SEPARATOR = -1  # between sequences of a flat corpus
 # Odd multiplier of the rolling hash; n-gram keys are hashed into 64 bits, and a
 # collision only drafts a wrong token.
 _PRIME = np.uint64(0x9E3779B97F4A7C15)
+_PRIME_INT, _MASK = int(_PRIME), (1 << 64) - 1
 
 
 def _hash(windows: np.ndarray) -> np.ndarray:
@@ -37,6 +38,15 @@ def _hash(windows: np.ndarray) -> np.ndarray:
         for col in windows.T.astype(np.uint64):
             h = h * _PRIME + col + np.uint64(1)
     return h
+
+
+def _key(context: Sequence[int]) -> np.uint64:
+    """``_hash`` of one n-gram, in Python ints: per-call numpy overhead dominates
+    at n <= 4, and drafting asks for dozens of keys per tree."""
+    h = 0
+    for t in context:
+        h = (h * _PRIME_INT + int(t) + 1) & _MASK
+    return np.uint64(h)
 
 
 class NgramStore:
@@ -60,6 +70,7 @@ class NgramStore:
         tokens = self.corpus[self.corpus != SEPARATOR]
         self.vocab_size = max(vocab_size, int(tokens.max()) + 1 if tokens.size else 1)
         self._unigram = np.bincount(tokens, minlength=self.vocab_size)
+        self._unigram_total = int(self._unigram.sum()) + self.vocab_size  # add-one
         # n -> (keys, successors, counts) of every (n-gram, successor) pair, sorted
         # by key then successor, and the running count (len + 1,) for totals
         n_max = max(MAX_NGRAM, MAX_CONTEXT)
@@ -117,10 +128,10 @@ class NgramStore:
         tokens = np.asarray(tokens, np.int64)
         inside = tokens < self.vocab_size
         counts = np.where(inside, self._unigram[np.where(inside, tokens, 0)], 0)
-        p = (counts + 1.0) / (self._unigram.sum() + self.vocab_size)
+        p = (counts + 1.0) / self._unigram_total
         for n in range(1, min(MAX_CONTEXT, len(context)) + 1):
             keys, succ, count, cum = self._pairs[n]
-            key = _hash(np.asarray(context[-n:], np.int64)[None])[0]
+            key = _key(context[-n:])
             lo, hi = np.searchsorted(keys, key), np.searchsorted(keys, key, "right")
             if lo == hi:
                 break  # a longer context holding this one is unknown too
@@ -135,7 +146,7 @@ class NgramStore:
         the corpus holds; ``(None, 0.0)`` where none does."""
         for n in range(min(MAX_NGRAM, len(context)), MIN_NGRAM - 1, -1):
             keys, succ, count, total = self._tables[n]
-            key = _hash(np.asarray(context[-n:], np.int64)[None])[0]
+            key = _key(context[-n:])
             i = np.searchsorted(keys, key)
             if i < keys.size and keys[i] == key:
                 return int(succ[i]), float(count[i] / total[i])
