@@ -131,17 +131,22 @@ class StreamDrafter:
         budget = budget or self.shape.budget
         if self.store is None or self.store_weight == 0 or not len(history):
             return best_first_paths(tokens, scores, budget, self.shape.max_depth)
+        totals = _logsumexp(scores)  # (γ,): a reranked row keeps its stream's total
         return best_first_walk(
-            self._reranked(tokens, scores, history),
+            self._reranked(tokens, scores, totals, history),
             budget,
             min(self.shape.max_depth or len(scores), len(scores)),
+            bounds=totals,  # no score of a row exceeds its total
         )
 
     def _reranked(
-        self, tokens: np.ndarray, scores: np.ndarray, history: Sequence[int]
+        self,
+        tokens: np.ndarray,
+        scores: np.ndarray,
+        totals: np.ndarray,
+        history: Sequence[int],
     ) -> Children:
         context = [int(t) for t in history[-MAX_CONTEXT:]]
-        totals = _logsumexp(scores)  # (γ,)
 
         def children(path: Tuple[int, ...]) -> Tuple[np.ndarray, np.ndarray]:
             g = len(path)

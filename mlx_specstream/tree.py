@@ -20,7 +20,7 @@ in order of joint stream probability until a node budget is spent.
 import heapq
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -193,33 +193,53 @@ Children = Callable[[Tuple[int, ...]], Tuple[np.ndarray, np.ndarray]]
 
 
 def best_first_walk(
-    children: Children, budget: int, max_depth: int
+    children: Children,
+    budget: int,
+    max_depth: int,
+    bounds: Optional[Sequence[float]] = None,
 ) -> List[Tuple[int, ...]]:
     """Paths of the ``budget - 1`` best nodes below the root, best first.
 
     A node's score is the sum of the scores along its path. Children come sorted and
     scores are at most 0, so a node's next sibling and first child always score at
     most the node itself: a heap walk enumerates nodes in score order, and every
-    node's parent is taken before it. ``children`` is asked once per node taken
-    above ``max_depth``.
+    node's parent is taken before it.
+
+    Args:
+        bounds: ``bounds[g]`` is at least every score of a depth-g row. Given, a
+            taken node's children are asked for only once its score plus that bound
+            would be taken next (an expensive ``children`` is then asked less);
+            without, once per node taken above ``max_depth``.
     """
     rows = {(): children(())}
-    # heap entries: (-score, ranks), ranks[i] the rank of the path's i-th token
+    # heap entries: (-score, ranks), ranks[i] the rank of the path's i-th token; a
+    # last rank of -1 stands for a node's children not asked for yet
     heap = [(-float(rows[()][1][0]), (0,))] if len(rows[()][0]) else []
     paths: Dict[Tuple[int, ...], Tuple[int, ...]] = {(): ()}
+    negs: Dict[Tuple[int, ...], float] = {}
     nodes: List[Tuple[int, ...]] = []
     while heap and len(nodes) < budget - 1:
         neg, ranks = heapq.heappop(heap)
         parent, r = ranks[:-1], ranks[-1]
+        if r < 0:  # the bound came up: ask for the children now
+            row = rows[parent] = children(paths[parent])
+            if len(row[0]):
+                heapq.heappush(heap, (negs[parent] - row[1][0], parent + (0,)))
+            continue
         tokens, scores = rows[parent]
         path = paths[ranks] = paths[parent] + (int(tokens[r]),)
         nodes.append(path)
         if r + 1 < len(tokens):  # next sibling
             heapq.heappush(heap, (neg + scores[r] - scores[r + 1], parent + (r + 1,)))
-        if len(ranks) < max_depth:  # first child
-            row = rows[ranks] = children(path)
-            if len(row[0]):
-                heapq.heappush(heap, (neg - row[1][0], ranks + (0,)))
+        if len(ranks) >= max_depth:
+            continue
+        if bounds is not None:  # first child, later
+            negs[ranks] = neg
+            heapq.heappush(heap, (neg - bounds[len(ranks)], ranks + (-1,)))
+            continue
+        row = rows[ranks] = children(path)  # first child
+        if len(row[0]):
+            heapq.heappush(heap, (neg - row[1][0], ranks + (0,)))
     return nodes
 
 

@@ -201,7 +201,8 @@ def test_reranked_scores_keep_each_rows_total():
     streams, store = rerank_case()
     drafter = StreamDrafter(TreeShape(budget=3), store=store)
     scores = streams.logprobs - 0.5 * np.arange(2)[:, None]
-    children = drafter._reranked(streams.tokens, scores, [1])
+    totals = np.logaddexp.reduce(scores, axis=1)
+    children = drafter._reranked(streams.tokens, scores, totals, [1])
     for path in [(), (11,), (10,)]:
         toks, s = children(path)
         assert np.all(np.diff(s) <= 0)

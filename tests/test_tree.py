@@ -131,3 +131,46 @@ def test_depth_penalty_moves_nodes_to_shallow_depths():
     assert pen.depths.mean() < flat.depths.mean()
     with pytest.raises(ValueError, match="depth_penalty"):
         TreeShape(depth_penalty=-0.1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_bounded_walk_takes_the_same_nodes_asking_less(seed):
+    from mlx_specstream.tree import best_first_walk
+
+    g, K = 4, 6
+    rng = np.random.default_rng(seed)
+    totals = -rng.random(g)  # each row's logsumexp
+    rows = {}
+
+    def children(path):
+        """A random sorted row per path (the same on every ask), its total totals[g]."""
+        if path not in rows:
+            s = np.sort(rng.normal(size=K) * 2)[::-1]
+            s += totals[len(path)] - np.logaddexp.reduce(s)
+            rows[path] = (rng.permutation(50)[:K], s)
+        return rows[path]
+
+    asked, n_asked = [], {"eager": 0, "lazy": 0}
+
+    def counted(path):
+        asked.append(path)
+        return children(path)
+
+    for budget in (2, 8, 24):
+        asked.clear()
+        eager = best_first_walk(counted, budget, g)
+        n_asked["eager"] += len(asked)
+        asked.clear()
+        lazy = best_first_walk(counted, budget, g, bounds=totals)
+        n_asked["lazy"] += len(asked)
+        assert lazy == eager
+        # Scores are taken in order: each node's score is at most its predecessor's.
+        score = [
+            sum(
+                children(p[:i])[1][list(children(p[:i])[0]).index(p[i])]
+                for i in range(len(p))
+            )
+            for p in lazy
+        ]
+        assert all(a >= b - 1e-12 for a, b in zip(score, score[1:]))
+    assert n_asked["lazy"] < n_asked["eager"]
