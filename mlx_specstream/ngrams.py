@@ -11,8 +11,8 @@ what is kept, so a poor chain costs tree nodes, never correctness. The corpus sh
 as the optional ``draft_corpus`` tensor of the stream file (``format.py``).
 
 The same counts give ``probs``: a smoothed estimate of what follows a context, which
-the stream drafter uses to rerank stream candidates along each tree path. A stream
-drafts token t + 1 + j without seeing the tokens the tree puts before it; the table
+the stream drafter uses to rerank stream candidates along each tree path. Stream j
+drafts token t + j without seeing the j - 1 tokens the tree puts before it; the table
 does see them.
 """
 
@@ -98,7 +98,7 @@ class NgramStore:
         order = np.lexsort((succ, keys))
         keys, succ = keys[order], succ[order]
         first = np.r_[True, (keys[1:] != keys[:-1]) | (succ[1:] != succ[:-1])]
-        first = first[: keys.size]
+        first = first[: keys.size]  # np.r_ leaves one True where there are no keys
         count = np.diff(np.r_[np.flatnonzero(first), keys.size])
         return keys[first], succ[first], count, np.r_[0, np.cumsum(count)]
 
