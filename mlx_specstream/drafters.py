@@ -25,6 +25,7 @@ from .tree import (
     best_first_paths,
     best_first_walk,
     cartesian_paths,
+    walk_depth,
 )
 
 
@@ -136,7 +137,7 @@ class StreamDrafter:
         return best_first_walk(
             self._reranked(tokens, scores, totals, history),
             budget,
-            min(self.shape.max_depth or len(scores), len(scores)),
+            walk_depth(self.shape.max_depth, len(scores)),
             bounds=totals,  # no score of a row exceeds its total
         )
 

@@ -136,8 +136,9 @@ class NgramStore:
             if lo == hi:
                 break  # a longer context holding this one is unknown too
             i = lo + np.searchsorted(succ[lo:hi], tokens)
-            hit = (i < hi) & (succ[np.minimum(i, hi - 1)] == tokens)
-            c = np.where(hit, count[np.minimum(i, hi - 1)], 0)
+            j = np.minimum(i, hi - 1)  # in range, to read; ``hit`` says if it counts
+            hit = (i < hi) & (succ[j] == tokens)
+            c = np.where(hit, count[j], 0)
             p = (c + smoothing * p) / (cum[hi] - cum[lo] + smoothing)
         return p
 

@@ -187,6 +187,12 @@ def cartesian_paths(
     return paths
 
 
+def walk_depth(max_depth: int, num_streams: int) -> int:
+    """The deepest level a best-first tree drafts: ``max_depth`` (0: no cap), and
+    never past the streams."""
+    return num_streams if max_depth <= 0 else min(max_depth, num_streams)
+
+
 # path -> (tokens (K,), scores (K,)) of the path's children, scores sorted
 # decreasing and at most 0 (log-probabilities, possibly reranked)
 Children = Callable[[Tuple[int, ...]], Tuple[np.ndarray, np.ndarray]]
@@ -254,7 +260,8 @@ def best_first_paths(
     Args:
         tokens, logprobs: (γ, K) per-stream candidates, sorted by decreasing logprob.
     """
-    depth = tokens.shape[0] if max_depth <= 0 else min(max_depth, tokens.shape[0])
     return best_first_walk(
-        lambda path: (tokens[len(path)], logprobs[len(path)]), budget, depth
+        lambda path: (tokens[len(path)], logprobs[len(path)]),
+        budget,
+        walk_depth(max_depth, tokens.shape[0]),
     )
