@@ -7,6 +7,7 @@ decoding. Writes ``bench.json``, ``bench.md`` and ``bench.png`` to ``--out``.
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -112,13 +113,21 @@ def _ours(model, tokenizer, ids, max_tokens, **kw) -> tuple:
     return out, first - tic, time.perf_counter() - first, last.forward_calls, acc
 
 
-def _uncalibrated(model, tokenizer, ids, max_tokens) -> tuple:
-    """What ``load`` + ``stream_generate`` give where no calibration is cached."""
-    cal, model.calibration = model.calibration, None
+def _with_calibration(model, calibration, tokenizer, ids, max_tokens) -> tuple:
+    """``_ours`` with the defaults that ``calibration`` (maybe None) gives."""
+    cal, model.calibration = model.calibration, calibration
     try:
         return _ours(model, tokenizer, ids, max_tokens)
     finally:
         model.calibration = cal
+
+
+def _no_fallback(calibration):
+    """The calibration without the step costs that the fall-back rule reads: the
+    calibrated default that never drops to plain decoding."""
+    if calibration is None:
+        return None
+    return dataclasses.replace(calibration, costs={}, all_costs={})
 
 
 def _mlx_lm(model, tokenizer, ids, max_tokens) -> tuple:
@@ -177,8 +186,11 @@ def make_methods(model, args) -> Dict[str, Callable]:
     }
     for name, kw in ss.items():
         methods[name] = lambda ids, kw=kw: _ours(model, tok, ids, args.max_tokens, **kw)
-    methods["api_default_uncalibrated"] = lambda ids: _uncalibrated(
-        model, tok, ids, args.max_tokens
+    methods["api_default_uncalibrated"] = lambda ids: _with_calibration(
+        model, None, tok, ids, args.max_tokens
+    )
+    methods["ss_calibrated_no_fallback"] = lambda ids: _with_calibration(
+        model, _no_fallback(model.calibration), tok, ids, args.max_tokens
     )
     if args.medusa:
         heads = load_medusa(args.medusa)
@@ -195,7 +207,15 @@ def run(model, tokenizer, args) -> Dict:
     results = {name: Result() for name in methods}
     prompts = load_prompts(args.data, args.per_task, args.chat)
     by_task: Dict[str, Dict[str, Result]] = {}
+    done = 0
     for i, (task, prompt) in enumerate(prompts):
+        if i and args.deadline is not None and time.perf_counter() > args.deadline:
+            print(
+                f"time limit: stopped after {i} of {len(prompts)} prompts",
+                file=sys.stderr,
+            )
+            break
+        done = i + 1
         ids = encode_prompt(tokenizer, apply_chat_template(tokenizer, prompt))
         groups = [task] + ([] if task.startswith("chat") else ["all tasks"])
         for rep in range(args.repeats):
@@ -238,7 +258,7 @@ def run(model, tokenizer, args) -> Dict:
     for task, rs in by_task.items():
         tb = rs["mlx_lm"].tokens / rs["mlx_lm"].seconds if "mlx_lm" in rs else None
         tasks[task] = {name: r.summary(tb) for name, r in rs.items()}
-    return {"methods": report, "by_task": tasks}
+    return {"methods": report, "by_task": tasks, "prompts": [done, len(prompts)]}
 
 
 def extra_parameters(model, args) -> Dict[str, int]:
@@ -253,6 +273,9 @@ def extra_parameters(model, args) -> Dict[str, int]:
 def write_report(report: Dict, out: Path, header: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
+    done, total = report.get("prompts", (0, 0))
+    if done < total:  # a --time-limit cut the run short
+        header += f"; time limit: {done} of {total} prompts"
     lines = [
         header,
         "",
@@ -338,7 +361,17 @@ def main(argv=None) -> None:
     p.add_argument("--medusa", default=None, help="directory with medusa heads")
     p.add_argument("--methods", nargs="*", default=None)
     p.add_argument("--out", default="bench")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="seconds from start: begin no new prompt after this; the report covers "
+        "the prompts done (at least one)",
+    )
     args = p.parse_args(argv)
+    args.deadline = (
+        time.perf_counter() + args.time_limit if args.time_limit is not None else None
+    )
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
     try:

@@ -3,6 +3,7 @@
 
 import argparse
 import json
+import time
 
 from conftest import tiny_config, tiny_hf_tokenizer, tiny_model
 
@@ -29,6 +30,7 @@ def test_bench_methods_agree_with_plain_and_mlx_lm(tmp_path):
         methods=None,
         chat="4",
         repeats=2,
+        deadline=None,
     )
     report = run(model, tokenizer, args)
     methods = report["methods"]
@@ -45,3 +47,26 @@ def test_bench_methods_agree_with_plain_and_mlx_lm(tmp_path):
     assert "Speed relative to mlx_lm by task:" in md
     assert "| sql | 1.00x |" in md  # mlx_lm's own column
     assert (tmp_path / "out" / "bench.png").stat().st_size > 0
+
+
+def test_bench_time_limit_reports_the_prompts_done(tmp_path):
+    save_model(tiny_model(0), tiny_config(), tmp_path / "m")
+    tiny_hf_tokenizer().save_pretrained(tmp_path / "m")
+    model, tokenizer = load(tmp_path / "m")
+    args = argparse.Namespace(
+        data=None,
+        per_task=1,
+        max_tokens=4,
+        prune_threshold=0.05,
+        medusa=None,
+        methods=["mlx_lm", "ours_plain"],
+        chat="4",
+        repeats=1,
+        deadline=time.perf_counter(),  # already past: the first prompt only
+    )
+    report = run(model, tokenizer, args)
+    assert report["prompts"] == [1, 4]
+    assert report["methods"]["ours_plain"]["identical_to_plain"] == "1/1"
+    write_report(report, tmp_path / "out", "header")
+    first = (tmp_path / "out" / "bench.md").read_text().splitlines()[0]
+    assert first == "header; time limit: 1 of 4 prompts"

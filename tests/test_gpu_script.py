@@ -2,6 +2,7 @@
 """benchmarks/gpu/run.py: parts of a split wheel are joined back, byte for byte."""
 
 import runpy
+import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,3 +20,32 @@ def test_split_parts_are_joined_in_order(tmp_path):
     assert joined == [f"{name} (4 parts)"]
     assert (tmp_path / name).read_bytes() == data
     assert run["join_parts"](tmp_path) == []  # already joined: left as it is
+
+
+def test_staged_calls_fit_and_join_back(tmp_path):
+    """stage.py cuts wheels and model files into calls under the cap; run.py joins them."""
+    stage = runpy.run_path(str(ROOT / "benchmarks" / "gpu" / "stage.py"))
+    run = runpy.run_path(str(ROOT / "benchmarks" / "gpu" / "run.py"))
+    src = tmp_path / "src"
+    src.mkdir()
+    sizes = {"big.whl": 25_000, "small.whl": 300, "empty.txt": 0, "model.bin": 17_000}
+    files = []
+    for i, (name, size) in enumerate(sizes.items()):
+        path = src / name
+        path.write_bytes(bytes((i * 7 + j) % 251 for j in range(size)))
+        folder = "model" if name.startswith(("model", "empty")) else "wheels"
+        files.append((path, f"{folder}/{name}"))
+    cap = 10_000
+    calls = stage["pack"](files, cap)
+    assert len(calls) == -(-sum(sizes.values()) // cap)  # no call left part empty
+    assert all(sum(n for *_, n in call) <= cap for call in calls)
+    out = tmp_path / "out"
+    stage["write_calls"](calls, out)
+    box = tmp_path / "box"  # what the calls' `cp -r OUT/i/. STAGE/` leave there
+    for i in range(len(calls)):
+        shutil.copytree(out / str(i + 1), box, dirs_exist_ok=True)
+    run["join_parts"](box / "wheels")
+    run["join_parts"](box / "model")
+    for path, name in files:
+        assert (box / name).read_bytes() == path.read_bytes(), name
+    assert not (box / "wheels" / "small.whl.part-000").exists()  # fitted whole
