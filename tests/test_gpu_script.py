@@ -49,3 +49,23 @@ def test_staged_calls_fit_and_join_back(tmp_path):
     for path, name in files:
         assert (box / name).read_bytes() == path.read_bytes(), name
     assert not (box / "wheels" / "small.whl.part-000").exists()  # fitted whole
+
+
+def test_cuda_libraries_of_the_interpreter_go_on_the_library_path(
+    tmp_path, monkeypatch
+):
+    """A --target install of mlx-cuda cannot reach the nvidia-* wheels through its
+    rpath; run.py names their lib folders (and their headers, for NVRTC)."""
+    run = runpy.run_path(str(ROOT / "benchmarks" / "gpu" / "run.py"))
+    for name in ("cu13", "cudnn", "nccl"):
+        (tmp_path / "nvidia" / name / "lib").mkdir(parents=True)
+    (tmp_path / "nvidia" / "cu13" / "include").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = run["cuda_library_env"]({"LD_LIBRARY_PATH": "/before"})
+    paths = env["LD_LIBRARY_PATH"].split(":")
+    for name in ("cu13", "cudnn", "nccl"):
+        assert str(tmp_path / "nvidia" / name / "lib") in paths
+    assert paths[-1] == "/before"
+    if not Path("/usr/local/cuda").exists():
+        assert env["CUDA_HOME"] == str(tmp_path / "nvidia" / "cu13")
+    assert run["cuda_library_env"]({"CUDA_HOME": "/x"})["CUDA_HOME"] == "/x"
