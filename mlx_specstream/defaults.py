@@ -24,10 +24,19 @@ DEFAULT_STREAM_PASS = "accepted"
 class Speculation:
     drafter: Drafter
     stream_pass: str
-    # The calibrated cost of a step relative to a plain one where the tree is the
-    # calibrated default (0 otherwise): a run whose tokens per pass stay below it
-    # falls back to plain decoding (``DecodeOptions.fallback_cost``).
+    # Where the tree is the calibrated default, FALLBACK_MARGIN x the calibrated cost
+    # of a step relative to a plain one (0 otherwise): a run whose tokens per pass
+    # stay below it falls back to plain decoding (``DecodeOptions.fallback_cost``).
     fallback_cost: float = 0.0
+
+
+# A run falls back only where its tokens per pass are clearly below the step's cost:
+# eight passes are a noisy estimate, and a run that drops to plain decoding returns
+# to the tree only when prompt lookup would pay. At the full cost, the fallback cost
+# 1.5% of the speed on this CPU's held-out prompts (2% chat, 5% unseen chat
+# subjects; none on task prompts, where it never fired); at 0.85x it fired on none
+# of the held-out prompts and on few validation ones (docs/results.md, session 6).
+FALLBACK_MARGIN = 0.85
 
 
 def prompt_lookup_drafter(model: Model) -> PromptLookupDrafter:
@@ -75,7 +84,7 @@ def choose_speculation(
         tree = TreeShape(budget=cal.budget) if cal is not None else TreeShape()
         if cal is not None:
             costs = cal.all_costs.get(stream_pass) or cal.costs
-            fallback = costs.get(cal.budget, 0.0)
+            fallback = FALLBACK_MARGIN * costs.get(cal.budget, 0.0)
     streams = stream_drafter(model, tree)
     if prompt_lookup:
         return Speculation(

@@ -177,6 +177,23 @@ def test_calibrated_default_falls_back_to_plain_where_trees_do_not_pay():
     model.calibration = None
 
 
+def test_fallback_threshold_is_a_margin_below_the_calibrated_cost():
+    """Only runs clearly below the step's cost fall back; explicit trees never do."""
+    from mlx_specstream import calibration as C
+    from mlx_specstream.defaults import FALLBACK_MARGIN, choose_speculation
+    from mlx_specstream.tree import TreeShape
+
+    model = tiny_model(1)
+    costs = {1: 1.0, 8: 1.6, 16: 2.0}
+    model.calibration = C.Calibration(16, "dev", {1: 1.0, 16: 9.0}, {1: 1.0, 16: 2.5},
+                                      0.1, "likely", True, {"likely": costs})  # fmt: skip
+    assert 0 < FALLBACK_MARGIN < 1
+    spec = choose_speculation(model)
+    assert spec.fallback_cost == pytest.approx(FALLBACK_MARGIN * 2.0)  # its pass's
+    assert choose_speculation(model, tree=TreeShape(budget=8)).fallback_cost == 0.0
+    model.calibration = None
+
+
 def test_calibrated_fallback_resumes_where_prompt_lookup_would_pay():
     """After the fallback, plain decoding watches prompt lookup; once the answer
     repeats itself, trees come back (and go again when they do not pay). Output

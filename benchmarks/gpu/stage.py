@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[2]
+Piece = Tuple[Path, str, int, int]  # source file, name in the stage, offset, length
 MIB = 1 << 20
 CALL_LIMIT = 64 * MIB
 # What the runtime and its tests import and the GPU box's image (the device tool's
@@ -120,16 +121,14 @@ def tree_bytes() -> int:
     return sum(p.stat().st_size for p in paths if p.is_file())
 
 
-def pack(
-    files: Sequence[Tuple[Path, str]], cap: int
-) -> List[List[Tuple[Path, str, int, int]]]:
+def pack(files: Sequence[Tuple[Path, str]], cap: int) -> List[List[Piece]]:
     """Cut ``files`` (source, name in the stage) into calls of at most ``cap`` bytes.
 
     In order, filling each call before the next; a file that does not fit in what
     is left of a call goes in pieces ``NAME.part-000``, ``-001``, ... (zero-padded, so
-    name order is byte order). Returns per call: (source, name, offset, length).
+    name order is byte order). Returns the pieces of each call.
     """
-    calls: List[List[Tuple[Path, str, int, int]]] = [[]]
+    calls: List[List[Piece]] = [[]]
     room = cap
     for src, name in files:
         size = src.stat().st_size
@@ -148,7 +147,8 @@ def pack(
     return calls
 
 
-def write_calls(calls, out: Path) -> None:
+def write_calls(calls: Sequence[Sequence[Piece]], out: Path) -> None:
+    """Write each call's pieces under ``out/<call number>/``."""
     for i, call in enumerate(calls, 1):
         for src, name, offset, length in call:
             dst = out / str(i) / name
@@ -159,7 +159,12 @@ def write_calls(calls, out: Path) -> None:
 
 
 def plan(
-    calls, out: Path, stage: str, budget: int, workers: int, extra: str
+    calls: Sequence[Sequence[Piece]],
+    out: Path,
+    stage: str,
+    budget: int,
+    workers: int,
+    extra: str,
 ) -> List[Dict]:
     """The command of each call: copy its folder into ``stage``; probe; run."""
     rel = out.resolve().relative_to(ROOT)
