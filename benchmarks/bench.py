@@ -207,9 +207,10 @@ def run(model, tokenizer, args) -> Dict:
     results = {name: Result() for name in methods}
     prompts = load_prompts(args.data, args.per_task, args.chat)
     by_task: Dict[str, Dict[str, Result]] = {}
+    deadline = getattr(args, "deadline", None)  # callers before --time-limit lack it
     done = 0
     for i, (task, prompt) in enumerate(prompts):
-        if i and args.deadline is not None and time.perf_counter() > args.deadline:
+        if i and deadline is not None and time.perf_counter() > deadline:
             print(
                 f"time limit: stopped after {i} of {len(prompts)} prompts",
                 file=sys.stderr,

@@ -30,7 +30,6 @@ def test_bench_methods_agree_with_plain_and_mlx_lm(tmp_path):
         methods=None,
         chat="4",
         repeats=2,
-        deadline=None,
     )
     report = run(model, tokenizer, args)
     methods = report["methods"]
