@@ -224,13 +224,17 @@ def best_first_walk(
     paths: Dict[Tuple[int, ...], Tuple[int, ...]] = {(): ()}
     negs: Dict[Tuple[int, ...], float] = {}
     nodes: List[Tuple[int, ...]] = []
+
+    def first_child(ranks: Tuple[int, ...], neg: float) -> None:
+        row = rows[ranks] = children(paths[ranks])
+        if len(row[0]):
+            heapq.heappush(heap, (neg - row[1][0], ranks + (0,)))
+
     while heap and len(nodes) < budget - 1:
         neg, ranks = heapq.heappop(heap)
         parent, r = ranks[:-1], ranks[-1]
         if r < 0:  # the bound came up: ask for the children now
-            row = rows[parent] = children(paths[parent])
-            if len(row[0]):
-                heapq.heappush(heap, (negs[parent] - row[1][0], parent + (0,)))
+            first_child(parent, negs[parent])
             continue
         tokens, scores = rows[parent]
         path = paths[ranks] = paths[parent] + (int(tokens[r]),)
@@ -242,10 +246,8 @@ def best_first_walk(
         if bounds is not None:  # first child, later
             negs[ranks] = neg
             heapq.heappush(heap, (neg - bounds[len(ranks)], ranks + (-1,)))
-            continue
-        row = rows[ranks] = children(path)  # first child
-        if len(row[0]):
-            heapq.heappush(heap, (neg - row[1][0], ranks + (0,)))
+        else:
+            first_child(ranks, neg)
     return nodes
 
 
