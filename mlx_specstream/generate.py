@@ -58,6 +58,9 @@ class GenerationResponse:
             counts).
         accepted: draft tokens accepted in this token's pass.
         tree_size: draft tree nodes verified in this token's pass.
+        speculative: this call decodes with Speculative Streaming; False where
+            plain decoding was chosen (``speculative=False``, an opaque sampler, or
+            no tree given and none calibrated on this device: see ``defaults.py``).
     """
 
     text: str
@@ -73,6 +76,7 @@ class GenerationResponse:
     forward_calls: int = 0
     accepted: int = 0
     tree_size: int = 1
+    speculative: bool = False
 
     @property
     def tokens(self) -> List[int]:
@@ -282,7 +286,7 @@ def stream_generate(
         )
     else:
         steps = plain_generate_step(ids, model, sampler, prefill_step_size, **common)
-    yield from _responses(steps, tokenizer, cache, len(ids), limit)
+    yield from _responses(steps, tokenizer, cache, len(ids), limit, spec is not None)
 
 
 def _responses(
@@ -291,6 +295,7 @@ def _responses(
     cache: PromptCache,
     prompt_tokens: int,
     limit: int,
+    speculative: bool,
 ) -> Iterator[GenerationResponse]:
     """Per-token responses from per-pass steps; stops at EOS or ``limit`` tokens.
 
@@ -337,6 +342,7 @@ def _responses(
                     forward_calls=calls,
                     accepted=step.accepted,
                     tree_size=step.verified,
+                    speculative=speculative,
                 )
             except GeneratorExit:  # the caller stopped here: forget the rest
                 if not finish and len(cache.tokens) == held:  # not reused since
