@@ -15,6 +15,11 @@ trades a short extra pass for T·γ fewer rows, which pays off where rows are co
 the few nodes most likely to end the accepted path (``Tree.likely_anchors``), and
 only when another node ends it do its streams run after the pass.
 
+Each pass reads back to the host once: verification, the next draft's stream pass
+(the accepted node's, queued behind verification on the device) and its top-k are
+evaluated together (``Step.host_reads``). Only a "likely" pass whose accepted node
+is not among its anchors, and Medusa-free drafters aside, reads a second time.
+
 Both loops continue a ``PromptCache``: it records the conversation, and the token
 the previous call left unfed is fed before the new prompt. mlx-lm logits processors
 see the conversation at every row they process: in a tree, each node's own path.
@@ -26,22 +31,21 @@ from typing import Callable, Iterator, List, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from .drafters import Drafter, LookupWatch, StreamTopK, lookup_of, topk_logprobs
+from .drafters import Drafter, LookupWatch, lookup_of, topk_finish, topk_queue
+from .models import streaming
 from .models.cache import PromptCache, as_prompt_cache
+from .models.fast_ops import DecodePath, decode_path
 from .models.llama import Model
-from .models.msa import Rows
 from .sample_utils import (
     LogitsProcessor,
     Sampler,
     SamplingArgs,
-    accept_greedy,
-    accept_sampled,
     apply_logits_processors,
     known_sampler,
     log_softmax,
-    target_logprobs,
 )
 from .tree import Tree
+from .verify import TreeVerifier
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -108,6 +112,7 @@ class Step:
     # (len(tokens), V) float32: row k is the log-softmax of the (processed) logits
     # token k was drawn from. Lazy: computed only if read.
     logprobs: Optional[mx.array] = None
+    host_reads: int = 1  # times this pass waited for the device and read back
 
 
 def prefill(
@@ -116,18 +121,18 @@ def prefill(
     cache: list,
     step_size: int,
     progress: Optional[ProgressCallback] = None,
+    path: Optional[DecodePath] = None,
 ) -> None:
     """Run all but the last token through every layer, in chunks.
 
     Args:
         progress: called with ``(tokens processed, len(tokens))`` after each chunk.
+        path: the kernels (None: the device's).
     """
+    path = path or decode_path()
     for s in range(0, len(tokens) - 1, step_size):
         e = min(s + step_size, len(tokens) - 1)
-        rows = Rows.causal(e - s, cache[0].offset, model.streams)
-        model.run_layers(
-            model.embed(mx.array(tokens[s:e])), rows, cache, 0, len(model.layers)
-        )
+        streaming.prefill(model, tokens[s:e], cache, path)
         mx.eval([c.keys for c in cache])
         if progress is not None:
             progress(e, len(tokens))
@@ -139,6 +144,7 @@ def _begin(
     cache: PromptCache,
     step_size: int,
     progress: Optional[ProgressCallback],
+    path: DecodePath,
 ) -> int:
     """Feed the cache's pending tokens and all of ``prompt`` but its last token.
 
@@ -151,7 +157,7 @@ def _begin(
     todo = cache.tokens[cache.fed :] + list(prompt)
     if progress is not None:
         progress(0, len(todo))
-    prefill(model, todo, cache, step_size, progress)
+    prefill(model, todo, cache, step_size, progress, path)
     # Recorded once fed: a prefill stopped midway leaves rows that `sync` drops.
     cache.tokens.extend(int(t) for t in prompt)
     cache.pending = 1
@@ -181,11 +187,14 @@ def plain_generate_step(
         each yield the cache holds (and has fed) every token yielded.
     """
     cache = as_prompt_cache(model, prompt_cache)
-    total = _begin(model, prompt, cache, prefill_step_size, prompt_progress_callback)
+    path = decode_path()  # once per generation
+    total = _begin(
+        model, prompt, cache, prefill_step_size, prompt_progress_callback, path
+    )
     done = None
     if prompt_progress_callback is not None:
         done = lambda: prompt_progress_callback(total, total)  # noqa: E731
-    yield from _plain_steps(model, cache, sampler, logits_processors, done)
+    yield from _plain_steps(model, cache, sampler, logits_processors, path, done)
 
 
 def _plain_steps(
@@ -193,6 +202,7 @@ def _plain_steps(
     cache: PromptCache,
     sampler: Sampler,
     logits_processors: Optional[Sequence[LogitsProcessor]],
+    path: DecodePath,
     on_first: Optional[Callable[[], None]] = None,
     resume: Optional[Callable[[List[int]], bool]] = None,
 ) -> Iterator[Step]:
@@ -208,9 +218,7 @@ def _plain_steps(
     context = mx.array(cache.tokens) if logits_processors else None
 
     def _step(y: mx.array) -> tuple:
-        rows = Rows.causal(1, cache[0].offset, model.streams)
-        h = model.run_layers(model.embed(y), rows, cache, 0, len(model.layers))
-        logits = model.logits(h[0], float32=True)  # (1, V), as verification's
+        logits = streaming.step_logits(model, y, cache, path)  # (1, V) float32
         if logits_processors:
             logits = apply_logits_processors(logits_processors, [context], logits)
         logprobs = log_softmax(logits)
@@ -255,77 +263,6 @@ def generate_step(
         yield step.tokens[0]
 
 
-def _node_histories(context: mx.array, tree: Tree) -> List[mx.array]:
-    """Each node's history: the context (ending with the root), then the node's
-    ancestors below the root and the node itself."""
-    out = []
-    for i in range(tree.size):
-        below = [tree.tokens[j] for j in tree.path(i)[1:]]
-        out.append(
-            mx.concatenate([context, mx.array(below, context.dtype)])
-            if below
-            else context
-        )
-    return out
-
-
-class _Verifier:
-    """Turns main logits at the tree nodes into an accepted path and correction."""
-
-    def __init__(
-        self, sampling: SamplingArgs, processors: Optional[Sequence[LogitsProcessor]]
-    ):
-        if not sampling.tree_exact:
-            raise ValueError(
-                "XTC sampling cannot verify a draft tree: decode plainly "
-                "(speculative=False)"
-            )
-        self.sampling = sampling
-        self.processors = processors
-        # Host RNG for rejection sampling, seeded from MLX's so mx.random.seed works.
-        self.rng = np.random.default_rng(
-            int(mx.random.randint(0, 2**31 - 1, ()).item())
-        )
-
-    def __call__(self, tree: Tree, logits: mx.array, history: List[int]) -> tuple:
-        """``(path, correction, logprobs (len(path), V))`` for (T, V) node logits;
-        ``history`` is the conversation up to the root."""
-        if self.processors:
-            nodes = _node_histories(mx.array(history), tree)
-            logits = apply_logits_processors(self.processors, nodes, logits)
-        logprobs = log_softmax(logits)
-        if self.sampling.greedy:
-            path, correction = accept_greedy(tree, np.array(mx.argmax(logits, axis=-1)))
-        else:
-            probs = mx.exp(target_logprobs(logprobs, self.sampling))
-            path, correction = accept_sampled(tree, np.array(probs), self.rng)
-        return path, correction, logprobs[mx.array(path)]
-
-
-def _stream_topk(model: Model, h_streams: mx.array, k: int) -> StreamTopK:
-    """(γ, h) stream states of the accepted node -> top-k candidates per stream
-    (over the model's draft vocabulary where it has one)."""
-    return topk_logprobs(model.stream_logits(h_streams), k, model.draft_vocab)
-
-
-def _prune(model: Model, tree: Tree, h_split: mx.array, threshold: float) -> List[int]:
-    """Nodes kept after dropping children with early-exit probability < threshold."""
-    if threshold <= 0 or tree.size == 1:
-        return list(range(tree.size))
-    lp = model.early_exit(h_split).astype(mx.float32)
-    lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
-    parents = mx.array(tree.parents[1:])
-    trans = np.array(mx.exp(lp[parents, mx.array(tree.tokens[1:])]))  # host sync
-    keep = [0]
-    alive = np.zeros(tree.size, bool)
-    alive[0] = True
-    for i in range(1, tree.size):
-        alive[i] = alive[tree.parents[i]] and trans[i - 1] >= threshold
-        if alive[i]:
-            keep.append(i)
-    return keep
-
-
 def speculative_generate_step(
     prompt: Sequence[int],
     model: Model,
@@ -354,13 +291,15 @@ def speculative_generate_step(
         prompt_progress_callback: ``(processed, total)`` during prefill.
     """
     cache = as_prompt_cache(model, prompt_cache)
-    verify = _Verifier(sampling, logits_processors)
+    verify = TreeVerifier(sampling, logits_processors)
+    path = decode_path()  # once per generation
     total = _begin(
-        model, prompt, cache, options.prefill_step_size, prompt_progress_callback
+        model, prompt, cache, options.prefill_step_size, prompt_progress_callback, path
     )
-    heads = getattr(drafter, "candidates", None)  # drafters with their own heads
+    heads = getattr(drafter, "head_logits", None)  # drafters with their own heads
     run_streams = drafter.top_k > 0 and heads is None
     anchors_of = _anchor_choice(options) if run_streams else None
+    drafts = _Drafts(model, drafter.top_k, path)
 
     lookup = lookup_of(drafter) if options.resume_hits else None
     # The last prompt token is a one-node tree whose streams draft the first tree.
@@ -368,38 +307,59 @@ def speculative_generate_step(
     emitted = 0
     stretch = [0, 0]  # tokens and passes since speculation (re)started
     while max_tokens < 0 or emitted < max_tokens:
-        offset = cache[0].offset
-        p = _forward_tree(model, cache, tree, options.prune_threshold, anchors_of)
-        T = p.tree.size
-        path, correction, logprobs = verify(
-            p.tree, model.logits(p.h_top[0, :T], float32=True), cache.tokens
-        )  # host sync
-        # Keep the accepted path's K/V: tree rows below layer l, verified rows above.
-        lower = [p.kept[n] for n in path]
-        for i, c in enumerate(cache):
-            c.compact(offset, lower if i < model.split else path)
-        tokens = [p.tree.tokens[n] for n in path[1:]] + [correction]
+        start = cache[0].offset
+        anchors = anchors_of(tree) if anchors_of is not None else []
+        p = streaming.tree_pass(
+            model, cache, tree, anchors, options.prune_threshold, path
+        )
+        v = verify(tree, p.logits, cache.tokens, p.keep)
+        # The next draft's candidates, queued behind verification on the device.
+        hit = mx.array(True)
+        if heads is not None:  # e.g. Medusa: heads on the accepted node's final state
+            queued = drafts.queue(
+                heads(streaming.final_states(model, p.h_top[v.anchor]))
+            )
+        elif anchors:  # its stream rows ride in the verify pass, if it is an anchor
+            states, hit = _anchor_states(p.stream_states, v.anchor, anchors, drafts.g)
+            queued = drafts.queue(streaming.draft_logits(model, states))
+        elif run_streams:  # "accepted": its streams after the pass
+            states = streaming.node_streams(
+                model, cache, tree, v.visible, v.depth, p.h_split[v.anchor], path
+            )
+            queued = drafts.queue(streaming.draft_logits(model, states))
+        else:
+            queued = []
+        kept = p.keep.sum() if p.keep is not None else mx.array(tree.size)
+        facts = mx.stack([v.length, v.correction, kept.astype(mx.int32), hit])
+        order, facts, *candidates = _read([v.order, facts, *queued])  # host sync
+        n, correction, verified, hit = (int(x) for x in facts)
+        nodes = order[:n].tolist()
+        reads = 1
+        if not hit:  # "likely" missed: the accepted node's streams, after all
+            anchor = nodes[-1]
+            states = streaming.node_streams(
+                model,
+                cache,
+                tree,
+                mx.array(tree.ancestor_mask[anchor]),
+                mx.array(n - 1),
+                p.h_split[anchor],
+                path,
+            )
+            candidates = _read(drafts.queue(streaming.draft_logits(model, states)))
+            reads += 1
+        # Keep the accepted path's K/V, and copy them while the host drafts.
+        for c in cache:
+            c.compact(start, nodes)
+        mx.async_eval([c.keys for c in cache] + [c.values for c in cache])
+        tokens = [tree.tokens[i] for i in nodes[1:]] + [correction]
         cache.tokens.extend(tokens)  # the correction stays pending: the next root
         if emitted == 0 and prompt_progress_callback is not None:
             prompt_progress_callback(total, total)
-        anchor = path[-1]
-        if heads is not None:  # e.g. Medusa: heads on the accepted node's final state
-            streams = heads(model.model.norm(p.h_top[0, anchor]))
-        elif anchor in p.anchors:  # its stream rows rode in the verify pass
-            g, a = model.streams.args.num_streams, p.anchors.index(anchor)
-            streams = _stream_topk(
-                model, p.h_top[0, T + a * g : T + (a + 1) * g], drafter.top_k
-            )
-        elif run_streams:
-            s = _streams_after_compaction(
-                model, cache, p.h_split[0, anchor], offset + len(path) - 1
-            )
-            streams = _stream_topk(model, s, drafter.top_k)
-        else:
-            streams = None
+        streams = drafts.finish(candidates, heads is None) if candidates else None
         emitted += len(tokens)
         stretch = [stretch[0] + len(tokens), stretch[1] + 1]
-        yield Step(tokens, tree.size, T, len(tokens) - 1, logprobs)
+        yield Step(tokens, tree.size, verified, n - 1, v.logprobs[:n], reads)
         if (
             options.fallback_cost > 0
             and stretch[1] > options.fallback_after
@@ -409,7 +369,7 @@ def speculative_generate_step(
             if lookup is not None:
                 watch = LookupWatch(lookup, options.resume_hits, options.resume_window)
             for step in _plain_steps(
-                model, cache, sampling, logits_processors, resume=watch
+                model, cache, sampling, logits_processors, path, resume=watch
             ):
                 if 0 <= max_tokens <= emitted:
                     return
@@ -425,15 +385,36 @@ def speculative_generate_step(
             tree = tree.within(max_tokens - emitted)
 
 
-@dataclass
-class _Pass:
-    """One verify pass: the verified (pruned) tree and the hidden states it left."""
+def _read(arrays: Sequence[mx.array]) -> List[np.ndarray]:
+    """A pass's host read: evaluate ``arrays`` together and bring them over."""
+    mx.eval(*arrays)  # host sync
+    return [np.array(a) for a in arrays]
 
-    tree: Tree
-    kept: List[int]  # index in the drafted tree of each verified node
-    h_split: mx.array  # (1, T, h) main states entering layer l
-    h_top: mx.array  # (1, T + A * γ, h) top-layer states, main rows first
-    anchors: List[int]  # the A verified nodes whose stream rows follow the main rows
+
+class _Drafts:
+    """The next draft's top-k: queued on the device, finished on the host."""
+
+    def __init__(self, model: Model, k: int, path: DecodePath):
+        self.k, self.on_device = k, path.device_topk
+        self.vocab = model.draft_vocab
+        self.g = streaming.num_streams(model)
+
+    def queue(self, logits: mx.array) -> List[mx.array]:
+        return topk_queue(logits, self.k, self.on_device)
+
+    def finish(self, read: List[np.ndarray], streams: bool):
+        # Stream logits cover the draft vocabulary where there is one.
+        return topk_finish(read, self.k, self.vocab if streams else None)
+
+
+def _anchor_states(
+    states: mx.array, anchor: mx.array, anchors: List[int], g: int
+) -> tuple:
+    """The accepted node's γ stream states among the anchors' (A * γ, h), and
+    whether it is an anchor (else the rows are the first anchor's, unused)."""
+    match = mx.array(anchors) == anchor  # (A,)
+    rows = mx.argmax(match) * g + mx.arange(g)
+    return states[rows], match.any()
 
 
 AnchorChoice = Callable[[Tree], List[int]]
@@ -447,57 +428,3 @@ def _anchor_choice(options: DecodeOptions) -> Optional[AnchorChoice]:
     if options.stream_pass == "likely":
         return lambda tree: tree.likely_anchors(options.likely_anchors)
     return None
-
-
-def _forward_tree(
-    model: Model,
-    cache: list,
-    tree: Tree,
-    prune_threshold: float,
-    anchors_of: Optional[AnchorChoice],
-) -> _Pass:
-    """Lower layers, pruning at layer l, stream insertion, top layers.
-
-    Args:
-        anchors_of: picks the nodes of the (pruned) tree that get γ stream rows in
-            the top layers; None: no stream rows.
-    """
-    offset = cache[0].offset
-    if tree.size == 1:
-        # A lone root (the first pass after prefill, or a pass with nothing drafted)
-        # runs exactly as a plain decoding step: the same kernels, so in low
-        # precision the same rounding (a tree mask and per-row RoPE round otherwise).
-        rows = Rows.causal(1, offset, model.streams)
-    else:
-        rows = Rows.tree(tree.ancestor_mask, tree.depths, offset, model.streams)
-    h = model.run_layers(
-        model.embed(mx.array(tree.tokens)), rows, cache, 0, model.split
-    )
-    kept = _prune(model, tree, h[0], prune_threshold)
-    if len(kept) < tree.size:  # pruned rows skip the top layers
-        tree, h = tree.keep(kept), h[:, mx.array(kept)]
-        rows = Rows.tree(tree.ancestor_mask, tree.depths, offset, model.streams)
-    h_split = h
-    anchors = anchors_of(tree) if anchors_of is not None else []
-    if anchors:
-        rows = rows.with_streams(anchors)
-        a = h[0] if len(anchors) == tree.size else h[0, mx.array(anchors)]
-        s = model.streams.insert_streams(a).reshape(1, -1, h.shape[-1])  # (1, A*γ, h)
-        h = mx.concatenate([h, s], axis=1)
-    return _Pass(
-        tree,
-        kept,
-        h_split,
-        model.run_layers(h, rows, cache, model.split, len(model.layers)),
-        anchors,
-    )
-
-
-def _streams_after_compaction(
-    model: Model, cache: list, h_anchor: mx.array, position: int
-) -> mx.array:
-    """Run the accepted node's γ streams alone through the top layers, (γ, h)."""
-    s = model.streams.insert_streams(h_anchor[None])  # (1, γ, h)
-    rows = Rows.streams_only(cache[0].offset, position, model.streams)
-    out = model.run_layers(s, rows, cache, model.split, len(model.layers))
-    return out[0]

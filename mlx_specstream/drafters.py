@@ -37,36 +37,42 @@ class StreamTopK:
     logprobs: np.ndarray  # (γ, K)
 
 
-def topk_logprobs(
-    logits: mx.array,
-    k: int,
-    vocab: Optional[np.ndarray] = None,
-    on_device: Optional[bool] = None,
+def topk_queue(logits: mx.array, k: int, on_device: bool) -> List[mx.array]:
+    """Queue (γ, V) logits' top-``k`` on the device; ``topk_finish`` ends it on the
+    host once the arrays are read (with the rest of the pass, in one read).
+
+    Args:
+        on_device: take the top-k with MLX and bring only (γ, k) to the host;
+            else bring the float32 logits (numpy's exp and partition beat MLX's
+            CPU ones).
+    """
+    k = min(k, logits.shape[-1])
+    lp = logits.astype(mx.float32)
+    if not on_device:
+        return [lp]
+    lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
+    idx = mx.argpartition(-lp, k - 1, axis=-1)[:, :k]
+    return [idx, mx.take_along_axis(lp, idx, axis=-1)]
+
+
+def topk_finish(
+    read: Sequence[np.ndarray], k: int, vocab: Optional[np.ndarray] = None
 ) -> StreamTopK:
-    """(γ, V) logits -> the top ``k`` log-probabilities per row, most probable first.
+    """``topk_queue``'s arrays, read to the host -> candidates, most probable first.
 
     Args:
         vocab: (V,) the token id of each logit column (a draft vocabulary); None:
             column i is token i.
-        on_device: take the top-k with MLX on the device and bring only (γ, k) to
-            the host (default: the decode path's ``device_topk``).
     """
-    if on_device is None:
-        on_device = decode_path().device_topk
-    k = min(k, logits.shape[-1])
-    if on_device:
-        lp = logits.astype(mx.float32)
-        lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
-        idx = mx.argpartition(-lp, k - 1, axis=-1)[:, :k]
-        idx, vals = np.array(idx), np.array(mx.take_along_axis(lp, idx, axis=-1))
-    else:
-        # Normalised on the host: numpy's exp is vectorised, MLX's CPU exp is not.
-        lp = np.array(logits.astype(mx.float32))  # host sync
+    if len(read) == 1:  # the logits: normalise and partition here
+        lp = np.array(read[0], np.float32)
+        k = min(k, lp.shape[-1])
         m = lp.max(axis=-1, keepdims=True)
         lp -= m + np.log(np.exp(lp - m).sum(axis=-1, keepdims=True))
-        # numpy's partition on the host is faster than MLX's on the CPU backend.
         idx = np.argpartition(-lp, k - 1, axis=-1)[:, :k]
         vals = np.take_along_axis(lp, idx, axis=-1)
+    else:
+        idx, vals = np.asarray(read[0]), np.asarray(read[1])
     order = np.argsort(-vals, axis=-1, kind="stable")
     idx = np.take_along_axis(idx, order, -1)
     return StreamTopK(
@@ -74,11 +80,26 @@ def topk_logprobs(
     )
 
 
+def topk_logprobs(
+    logits: mx.array,
+    k: int,
+    vocab: Optional[np.ndarray] = None,
+    on_device: Optional[bool] = None,
+) -> StreamTopK:
+    """(γ, V) logits -> the top ``k`` log-probabilities per row, most probable first
+    (one host read; ``on_device`` None: the decode path's ``device_topk``)."""
+    if on_device is None:
+        on_device = decode_path().device_topk
+    queued = topk_queue(logits, k, on_device)
+    mx.eval(queued)  # host sync
+    return topk_finish([np.array(a) for a in queued], k, vocab)
+
+
 class Drafter(Protocol):
     """Proposes the next tree. ``top_k``: candidates per stream it needs (0: the
     streams are not run). A drafter with its own heads (Medusa) also defines
-    ``candidates(hidden (h,)) -> StreamTopK``, called on the accepted node's final
-    normalised hidden state instead of running the streams."""
+    ``head_logits(hidden (h,)) -> (K, V) logits``, called on the accepted node's
+    final normalised hidden state instead of running the streams."""
 
     top_k: int
 

@@ -161,7 +161,7 @@ def load_medusa(path: Union[str, Path], dtype: mx.Dtype = mx.float32) -> MedusaH
 class MedusaDrafter:
     """Drafts trees from Medusa heads instead of the speculative streams.
 
-    The decoder calls ``candidates`` with the accepted node's final normalised hidden
+    The decoder calls ``head_logits`` with the accepted node's final normalised hidden
     state; the tree is then built exactly as ``StreamDrafter`` builds it, head k
     standing in for stream k.
     """
@@ -178,9 +178,14 @@ class MedusaDrafter:
     def top_k(self) -> int:
         return self.shape.top_k
 
+    def head_logits(self, hidden: mx.array) -> mx.array:
+        """(h,) final normalised hidden state -> (K, V) logits of the K heads (lazy:
+        the decoder takes their top-k with the rest of the pass's read)."""
+        return self.heads(hidden)
+
     def candidates(self, hidden: mx.array) -> StreamTopK:
         """(h,) final normalised hidden state -> per-head top-k, (K, top_k) each."""
-        return topk_logprobs(self.heads(hidden), self.top_k)
+        return topk_logprobs(self.head_logits(hidden), self.top_k)
 
     def draft(self, root: int, streams: StreamTopK, history: Sequence[int]) -> Tree:
         return Tree.from_paths(root, self._trees.paths(streams))

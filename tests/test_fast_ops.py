@@ -13,13 +13,13 @@ from mlx_specstream.models.rope import apply_rope, rope_tables
 
 def test_exp_matches_float64_to_a_few_ulp():
     x = np.concatenate([np.linspace(-87, 88, 200_001), [0.0, -1e-8, 1e-8, 0.5]])
-    got = np.array(fast_ops.exp(mx.array(x.astype(np.float32)))).astype(np.float64)
+    got = np.array(fast_ops.poly_exp(mx.array(x.astype(np.float32)))).astype(np.float64)
     ref = np.exp(x.astype(np.float32).astype(np.float64))
     assert np.max(np.abs(got - ref) / ref) < 3e-7
 
 
 def test_exp_saturates_instead_of_overflowing():
-    got = np.array(fast_ops.exp(mx.array([-np.inf, -1000.0, 1000.0], mx.float32)))
+    got = np.array(fast_ops.poly_exp(mx.array([-np.inf, -1000.0, 1000.0], mx.float32)))
     assert got[0] < 1e-37 and got[1] < 1e-37
     assert np.isfinite(got[2]) and got[2] > 1e38
 

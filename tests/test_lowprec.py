@@ -26,8 +26,8 @@ from test_sampling import (
     two_token_laws,
 )
 
-from mlx_specstream import decoder
 from mlx_specstream.decoder import plain_generate_step
+from mlx_specstream.verify import TreeVerifier
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.sample_utils import SamplingArgs, target_logprobs
@@ -110,12 +110,12 @@ def test_bound_has_power(tokenizer, monkeypatch):
     """A verifier that takes its argmax over logits rounded to 0.25 (ties go to the
     lowest token id) breaks the bound: the test can fail."""
     model = flat_model(mx.bfloat16)
-    verify = decoder._Verifier.__call__
+    verify = TreeVerifier.__call__
 
-    def coarse(self, tree, logits, history):
-        return verify(self, tree, mx.round(logits * 4) / 4, history)
+    def coarse(self, tree, logits, history, keep=None):
+        return verify(self, tree, mx.round(logits * 4) / 4, history, keep)
 
-    monkeypatch.setattr(decoder._Verifier, "__call__", coarse)
+    monkeypatch.setattr(TreeVerifier, "__call__", coarse)
     r = rates(model, tokenizer)
     assert not within_bound(r), r
 

@@ -22,7 +22,7 @@ from mlx_specstream.medusa import (
     MedusaLoadError,
     load_medusa,
 )
-from mlx_specstream.models.cache import make_cache
+from mlx_specstream.models.cache import make_prompt_cache
 from mlx_specstream.models.msa import Rows
 from mlx_specstream.tree import TreeShape
 
@@ -61,7 +61,7 @@ def raw_hidden(model, tokens: List[int]) -> mx.array:
     """(T, h) last-layer hidden states of a plain causal pass (before the final norm)."""
     rows = Rows.causal(len(tokens), 0, model.streams)
     return model.run_layers(
-        model.embed(mx.array(tokens)), rows, make_cache(model), 0, len(model.layers)
+        model.embed(mx.array(tokens)), rows, make_prompt_cache(model), 0, len(model.layers)
     )[0]
 
 

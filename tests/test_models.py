@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 from conftest import tiny_model
 
-from mlx_specstream.decoder import _streams_after_compaction, prefill
+from mlx_specstream.decoder import prefill
 from mlx_specstream.format import StreamArgs
-from mlx_specstream.models.cache import make_cache
+from mlx_specstream.models.cache import make_prompt_cache
+from mlx_specstream.models import streaming
+from mlx_specstream.models.fast_ops import decode_path
 from mlx_specstream.models.msa import Rows
+from mlx_specstream.tree import Tree
 
 ARGS = StreamArgs(
     num_streams=3,
@@ -60,14 +63,18 @@ def test_stream_sees_only_its_prefix_and_lower_streams():
 
 
 def test_accepted_only_stream_pass_equals_training_layout():
-    """The decoder's streams-after-compaction pass gives the same streams as eq. 2."""
+    """The decoder's pass for one verified node's streams (against the tree's K/V in
+    the cache, the node given on the device) gives the same streams as eq. 2."""
     model = tiny_model(2, ARGS)
     _, streams = model.all_stream_logits(TOKENS)
-    cache = make_cache(model)
-    prefill(model, TOKENS.tolist() + [0], cache, step_size=3)  # caches all of TOKENS
-    rows = Rows.causal(TOKENS.size, 0, model.streams)
-    h = model.run_layers(model.embed(TOKENS), rows, make_cache(model), 0, model.split)
-    s = _streams_after_compaction(model, cache, h[0, -1], TOKENS.size - 1)
+    cache = make_prompt_cache(model)
+    prefill(model, TOKENS.tolist(), cache, step_size=3)  # caches all but the last
+    path = decode_path()
+    tree = Tree((int(TOKENS[-1]),), (-1,))
+    p = streaming.tree_pass(model, cache, tree, [], 0.0, path)
+    s = streaming.node_streams(
+        model, cache, tree, mx.array([True]), mx.array(0), p.h_split[0], path
+    )
     np.testing.assert_allclose(
         np.array(model.logits(s)), np.array(streams[-1]), atol=1e-4
     )
@@ -77,7 +84,7 @@ def test_early_exit_head_is_identity_at_zero():
     model = tiny_model(0, ARGS, stream_scale=0.0)
     ee = model.early_exit_logits(TOKENS)
     rows = Rows.causal(TOKENS.size, 0, model.streams)
-    h = model.run_layers(model.embed(TOKENS), rows, make_cache(model), 0, model.split)
+    h = model.run_layers(model.embed(TOKENS), rows, make_prompt_cache(model), 0, model.split)
     np.testing.assert_allclose(np.array(ee), np.array(model.logits(h[0])), atol=1e-6)
 
 
@@ -147,7 +154,7 @@ def test_gemma3_equals_mlx_lm_past_the_window(tmp_path, tied):
         np.array(model(tokens[None])[0]), np.array(ref), atol=1e-4
     )
     # Chunks of 5 (explicit masks at offsets 5, 10, 15) then single tokens.
-    cache = make_cache(model)
+    cache = make_prompt_cache(model)
     for s in range(0, 20, 5):
         out = model(tokens[None, s : s + 5], cache)[0]
         np.testing.assert_allclose(np.array(out), np.array(ref[s : s + 5]), atol=1e-4)

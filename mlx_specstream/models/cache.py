@@ -1,19 +1,44 @@
 # Copyright © 2026 mlx-specstream authors. Apache-2.0.
 """KV cache with tree compaction, and mlx-lm's prompt cache that records its tokens."""
 
-from typing import Any, Iterable, List, Optional, Sequence
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
 
 class TreeKVCache(KVCache):
-    """mlx-lm's KVCache plus ``compact``: keep the accepted path of a draft tree.
+    """mlx-lm's KVCache plus transient rows and ``compact`` (a draft tree's path).
 
     A verify pass writes K/V for every tree node at ``[start, start + T)``. After
     verification only the accepted nodes stay, moved into contiguous slots
     ``[start, start + len(keep))``; the rest is overwritten by the next pass.
+    Stream rows are transient: written after the pass's main rows so attention
+    reads one buffer, and never kept.
     """
+
+    def update_and_fetch(
+        self, keys: mx.array, values: mx.array, transient: int = 0, bucket: int = 0
+    ) -> Tuple[mx.array, mx.array]:
+        """Write (1, KH, R, D) K/V; return every key and value a row may see.
+
+        Args:
+            transient: the last ``transient`` rows are not kept (stream rows): the
+                offset is rolled back past them after the write.
+            bucket: return keys up to the next multiple of ``bucket`` (the rows
+                past the written ones are masked by the caller), so a compiled
+                softmax sees one shape for ``bucket`` tokens; 0: exactly.
+        """
+        K, V = super().update_and_fetch(keys, values)
+        # Stream K/V go past the main rows (a concatenated copy made MLX's CPU
+        # attention ~30x slower); rolling the offset back drops them.
+        self.offset -= transient
+        if bucket:
+            P = K.shape[2]
+            padded = min(-(-P // bucket) * bucket, self.keys.shape[2])
+            if padded > P:
+                K, V = self.keys[..., :padded, :], self.values[..., :padded, :]
+        return K, V
 
     def compact(self, start: int, keep: Sequence[int]) -> None:
         """Keep tree rows ``keep`` (indices relative to ``start``), drop the rest.
@@ -105,9 +130,6 @@ def make_prompt_cache(model: Any, max_kv_size: Optional[int] = None) -> PromptCa
             "max_kv_size is not supported: draft trees need an unbounded KV cache"
         )
     return PromptCache(TreeKVCache() for _ in model.layers)
-
-
-make_cache = make_prompt_cache  # the earlier name
 
 
 def as_prompt_cache(model: Any, cache: Optional[List[Any]]) -> PromptCache:

@@ -149,19 +149,15 @@ class _Compiled:
         return self.impl(*args)
 
 
-_poly_exp = _Compiled(_exp)
+poly_exp = _Compiled(_exp)  # the polynomial exp alone (its accuracy is tested)
 _poly_swiglu = _Compiled(_swiglu)
 rotate = _Compiled(_rotate)  # x (1, R, H, D), cos and sin (1, R, 1, D / 2)
 masked_softmax = _Compiled(_masked_softmax)
 
 
-def exp(x: mx.array) -> mx.array:
-    return mx.exp(x) if decode_path().native_ops else _poly_exp(x)
-
-
-def swiglu(gate: mx.array, up: mx.array) -> mx.array:
-    """silu(gate) * up, the Llama MLP activation."""
-    if decode_path().native_ops:
+def swiglu(gate: mx.array, up: mx.array, path: Optional[DecodePath] = None) -> mx.array:
+    """silu(gate) * up, the Llama MLP activation (``path``: None resolves it)."""
+    if (path or decode_path()).native_ops:
         return nn.silu(gate) * up
     return _poly_swiglu(gate, up)
 
@@ -172,6 +168,7 @@ def attention(
     v: mx.array,
     scale: float,
     mask: Optional[Union[mx.array, str]],
+    path: Optional[DecodePath] = None,
 ) -> mx.array:
     """Scaled dot-product attention with grouped K/V heads and a boolean mask.
 
@@ -180,8 +177,9 @@ def attention(
         mask: (R, P) bool, True where a query row may attend; None (one row) or
             "causal" (prefill from position 0) go to MLX's fused kernel, and so
             does a bool mask on the "gpu" decode path.
+        path: the pass's kernels (None: resolve them here).
     """
-    if not isinstance(mask, mx.array) or decode_path().fused_attention:
+    if not isinstance(mask, mx.array) or (path or decode_path()).fused_attention:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     B, H, R, D = q.shape
     KH, P = k.shape[1], k.shape[2]

@@ -120,9 +120,9 @@ class Attention(nn.Module):
         q = apply_rope(self.rope, q, rows.positions, tables)
         k = apply_rope(self.rope, k, rows.positions, tables)
         v = v.reshape(1, R, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        k, v = rows.keys_values(k, v, cache)
+        k, v = cache.update_and_fetch(k, v, **rows.cache_writes())
         k, v, mask = rows.visible_keys(k, v, self.window)
-        out = fast_ops.attention(q, k, v, self.scale, mask)
+        out = fast_ops.attention(q, k, v, self.scale, mask, rows.path)
         out = out.transpose(0, 2, 1, 3).reshape(1, R, -1)
         return rows.linear(self.o_proj, out, "self_attn.o_proj")
 
@@ -138,7 +138,7 @@ class MLP(nn.Module):
     def __call__(self, x: mx.array, rows: Rows) -> mx.array:
         g = rows.linear(self.gate_proj, x, "mlp.gate_proj")
         u = rows.linear(self.up_proj, x, "mlp.up_proj")
-        return rows.linear(self.down_proj, fast_ops.swiglu(g, u), "mlp.down_proj")
+        return rows.linear(self.down_proj, fast_ops.swiglu(g, u, rows.path), "mlp.down_proj")
 
 
 class TransformerBlock(nn.Module):

@@ -24,7 +24,7 @@ from typing import Any, Dict, Hashable, List, Optional, Union
 import mlx.core as mx
 import numpy as np
 
-from .fast_ops import KEY_BUCKET
+from .fast_ops import KEY_BUCKET, DecodePath, decode_path
 from .rope import rope_tables
 from .streams import StreamParams
 
@@ -40,13 +40,36 @@ class Rows:
     main_positions: Optional[np.ndarray] = None  # (L,)
     num_stream: int = 0
     layer: int = 0
+    # The kernels of this pass, resolved once by whoever builds the rows.
+    path: DecodePath = None  # type: ignore[assignment]
+    # (R,) RoPE positions known on the host; None where ``positions`` is computed on
+    # the device (a stream pass whose anchor verification chose): windows are then
+    # masked on the device and no old keys are dropped.
+    host_positions: Optional[np.ndarray] = None
+    # (offset,) positions of the cached keys, where they are not 0 .. offset - 1
+    # (an uncompacted tree); only device-position rows need them.
+    key_positions: Optional[np.ndarray] = None
     _padded: Optional[tuple] = None  # (mask, mask widened by attention_mask)
     _rope: Optional[tuple] = None  # (positions, {kind: tables from rope_tables})
     # (mask, positions, row positions, {(keys, window): windowed mask})
     _windowed: Optional[tuple] = None
 
+    def __post_init__(self):
+        if self.path is None:
+            self.path = decode_path()
+        if self.host_positions is None and isinstance(self.positions, int):
+            self.host_positions = self.positions + np.arange(
+                self.num_main, dtype=np.int64
+            )
+
     @classmethod
-    def causal(cls, L: int, offset: int, streams: StreamParams) -> "Rows":
+    def causal(
+        cls,
+        L: int,
+        offset: int,
+        streams: StreamParams,
+        path: Optional[DecodePath] = None,
+    ) -> "Rows":
         """Contiguous main rows at ``offset .. offset + L - 1`` (prefill, plain decode)."""
         if L == 1:
             mask = None
@@ -54,26 +77,76 @@ class Rows:
             mask = "causal"
         else:
             mask = mx.array(_with_prefix(np.tril(np.ones((L, L), bool)), offset))
-        return cls(L, offset, offset, mask, streams)
+        return cls(L, offset, offset, mask, streams, path=path)
 
     @classmethod
     def tree(
-        cls, local: np.ndarray, depths: np.ndarray, offset: int, streams: StreamParams
+        cls,
+        local: np.ndarray,
+        depths: np.ndarray,
+        offset: int,
+        streams: StreamParams,
+        path: Optional[DecodePath] = None,
     ) -> "Rows":
         """Flattened tree nodes: ``local`` is the (L, L) ancestor-or-self mask."""
         pos = offset + depths.astype(np.int32)
         mask = mx.array(_with_prefix(local, offset))
-        return cls(len(pos), offset, mx.array(pos), mask, streams, local, pos)
+        return cls(
+            len(pos),
+            offset,
+            mx.array(pos),
+            mask,
+            streams,
+            local,
+            pos,
+            path=path,
+            host_positions=pos.astype(np.int64),
+        )
 
     @classmethod
-    def streams_only(
-        cls, offset: int, anchor_position: int, streams: StreamParams
+    def streams_on_tree(
+        cls,
+        start: int,
+        tree_positions: np.ndarray,
+        visible: mx.array,
+        anchor_position: mx.array,
+        streams: StreamParams,
+        path: Optional[DecodePath] = None,
     ) -> "Rows":
-        """γ stream rows of one anchor that is already the last cache entry."""
-        g = streams.args.num_streams
-        mask = _with_prefix(np.tril(np.ones((g, g), bool)), offset)
-        pos = mx.array(np.full(g, anchor_position, np.int32))
-        return cls(0, offset, pos, mx.array(mask), streams, num_stream=g)
+        """γ stream rows of one tree node, after the verify pass wrote the tree's K/V
+        at ``start .. start + T - 1`` (not compacted yet).
+
+        Args:
+            tree_positions: (T,) RoPE positions of the tree rows in the cache.
+            visible: (T,) bool, on the device: the node's ancestors and itself.
+            anchor_position: () int32 on the device: the node's position (its
+                stream rows share it).
+        """
+        g, T = streams.args.num_streams, len(tree_positions)
+        causal = mx.array(np.tril(np.ones((g, g), bool)))
+        # (g, start + T + g): the prefix, the node's path in the tree, streams 1..j.
+        mask = mx.concatenate(
+            [
+                mx.ones((g, start), mx.bool_),
+                mx.broadcast_to(visible[None], (g, T)),
+                causal,
+            ],
+            axis=1,
+        )
+        pos = mx.broadcast_to(anchor_position.astype(mx.int32), (g,))
+        keys = np.concatenate(
+            [np.arange(start, dtype=np.int64), tree_positions.astype(np.int64)]
+        )
+        return cls(
+            0,
+            start + T,
+            pos,
+            mask,
+            streams,
+            num_stream=g,
+            path=path,
+            key_positions=keys,
+        )
 
     def with_streams(self, anchors: List[int]) -> "Rows":
         """Add γ stream rows per anchor (row indices into the main rows)."""
@@ -99,6 +172,7 @@ class Rows:
             num_stream=S,
             local=local,
             main_positions=main_pos,
+            host_positions=pos.astype(np.int64),
         )
 
     def at_layer(self, i: int) -> "Rows":
@@ -116,22 +190,11 @@ class Rows:
         L = self.num_main
         return mx.concatenate([y[:, :L], y[:, L:] + adapter(x[:, L:])], axis=1)
 
-    def keys_values(self, k: mx.array, v: mx.array, cache: Any) -> tuple:
-        """Write main-row K/V (1, H, R, D) to the cache; return all visible K/V."""
-        K, V = cache.update_and_fetch(k, v)
-        if self.num_stream:
-            # Stream K/V go past the main rows so attention reads one contiguous
-            # buffer (a concatenated copy made MLX's CPU attention ~30x slower);
-            # rolling the offset back drops them: stream K/V are never cached.
-            cache.offset -= self.num_stream
-        if isinstance(self.mask, mx.array):
-            # Read keys up to the next bucket boundary (masked out below) so the
-            # compiled softmax keeps one shape for KEY_BUCKET tokens.
-            P = K.shape[2]
-            padded = min(-(-P // KEY_BUCKET) * KEY_BUCKET, cache.keys.shape[2])
-            if padded > P:
-                K, V = cache.keys[..., :padded, :], cache.values[..., :padded, :]
-        return K, V
+    def cache_writes(self) -> dict:
+        """How the cache takes this pass's K/V (``TreeKVCache.update_and_fetch``):
+        stream rows transient; keys bucketed where a bool mask hides the padding."""
+        bucket = KEY_BUCKET if isinstance(self.mask, mx.array) else 0
+        return {"transient": self.num_stream, "bucket": bucket}
 
     def rope_tables(
         self, rope: Any, head_dim: int, kind: Hashable = None
@@ -148,12 +211,9 @@ class Rows:
             tables[kind] = rope_tables(rope, self.positions, head_dim)
         return tables[kind]
 
-    def row_positions(self) -> np.ndarray:
-        """(R,) RoPE position of every row, main rows first."""
-        if isinstance(self.positions, int):
-            return self.positions + np.arange(self.num_main, dtype=np.int64)
-        # Small (R,) int array built from numpy by the constructors.
-        return np.array(self.positions, dtype=np.int64)
+    def row_positions(self) -> Optional[np.ndarray]:
+        """(R,) RoPE position of every row, main rows first (None: on the device)."""
+        return self.host_positions
 
     def attention_mask(
         self, num_keys: int, window: Optional[int] = None
@@ -190,6 +250,8 @@ class Rows:
             return k[..., P - window :, :], v[..., P - window :, :], None
         mask = self.attention_mask(P, window)
         q = self._window_rows()[2]
+        if q is None:  # positions on the device: mask only
+            return k, v, mask
         start = min(self.offset, max(0, int(q.min()) - window + 1))
         start -= start % KEY_BUCKET
         if start == 0 or not isinstance(mask, mx.array):
@@ -208,6 +270,8 @@ class Rows:
 
     def _windowed_mask(self, num_keys: int, window: int) -> Optional[mx.array]:
         _, _, q, masks = self._window_rows()
+        if q is None:
+            return self._device_windowed_mask(num_keys, window)
         if q.size == 0 or q.max() < window:  # every key is within the window
             return self.attention_mask(num_keys)
         if (num_keys, window) not in masks:
@@ -225,6 +289,22 @@ class Rows:
             m = base[:, : self.offset + R] & band
             pad = np.zeros((R, num_keys - m.shape[1]), bool)
             masks[(num_keys, window)] = mx.array(np.concatenate([m, pad], axis=1))
+        return masks[(num_keys, window)]
+
+    def _device_windowed_mask(self, num_keys: int, window: int) -> mx.array:
+        """The windowed mask where the rows' positions are on the device (stream rows
+        of a node verification chose); the keys' positions are on the host."""
+        masks = self._window_rows()[3]
+        if (num_keys, window) not in masks:
+            q = self.positions  # (R,) device
+            k = mx.array(self.key_positions)
+            R = q.shape[0]
+            # The rows' own keys sit at their own positions.
+            k = mx.concatenate([k, q.astype(k.dtype)])
+            band = (q[:, None].astype(k.dtype) - k[None, :]) < window
+            m = self.mask & band
+            pad = mx.zeros((R, num_keys - m.shape[1]), mx.bool_)
+            masks[(num_keys, window)] = mx.concatenate([m, pad], axis=1)
         return masks[(num_keys, window)]
 
 

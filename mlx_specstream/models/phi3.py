@@ -170,9 +170,9 @@ class Attention(nn.Module):
         q = self._rope(q.reshape(1, R, self.n_heads, -1), rows, tables)
         k = self._rope(k.reshape(1, R, self.n_kv_heads, -1), rows, tables)
         v = v.reshape(1, R, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        k, v = rows.keys_values(k, v, cache)
-        mask = rows.attention_mask(k.shape[2], self.window)
-        out = fast_ops.attention(q, k, v, self.scale, mask)
+        k, v = cache.update_and_fetch(k, v, **rows.cache_writes())
+        k, v, mask = rows.visible_keys(k, v, self.window)
+        out = fast_ops.attention(q, k, v, self.scale, mask, rows.path)
         out = out.transpose(0, 2, 1, 3).reshape(1, R, -1)
         return rows.linear(self.o_proj, out, "self_attn.o_proj")
 
@@ -188,7 +188,7 @@ class MLP(nn.Module):
     def __call__(self, x: mx.array, rows: Rows) -> mx.array:
         gu = fused_linear(rows, self.gate_up_proj, x, GATE_UP_PARTS, self.sizes)
         gate, up = mx.split(gu, 2, axis=-1)
-        return rows.linear(self.down_proj, fast_ops.swiglu(gate, up), "mlp.down_proj")
+        return rows.linear(self.down_proj, fast_ops.swiglu(gate, up, rows.path), "mlp.down_proj")
 
 
 class TransformerBlock(llama.TransformerBlock):
