@@ -57,14 +57,16 @@ def verify_costs(model, sizes, prefix: int, reps: int) -> dict:
     import mlx.core as mx
     import numpy as np
 
-    from mlx_specstream.decoder import _forward_tree, prefill
-    from mlx_specstream.models.cache import make_cache
+    from mlx_specstream.decoder import prefill
+    from mlx_specstream.models import streaming
+    from mlx_specstream.models.cache import make_prompt_cache
+    from mlx_specstream.models.fast_ops import decode_path
     from mlx_specstream.tree import Tree, best_first_paths
 
     rng = np.random.default_rng(0)
-    cache = make_cache(model)
+    cache = make_prompt_cache(model)
     prefill(model, rng.integers(1, 1000, prefix + 1).tolist(), cache, 512)
-    g = model.streams.args.num_streams
+    g = streaming.num_streams(model)
     out = {}
     for T in sizes:
         tokens = rng.integers(1, 1000, (g, T)).astype(np.int64)
@@ -76,8 +78,11 @@ def verify_costs(model, sizes, prefix: int, reps: int) -> dict:
         for _ in range(reps + 1):
             for kind in times:
                 tic = time.perf_counter()
-                p = _forward_tree(model, cache, tree, 0.0, kind == "with_streams")
-                mx.eval(mx.argmax(model.logits(p.h_top[0, : tree.size]), axis=-1))
+                anchors = list(range(tree.size)) if kind == "with_streams" else []
+                p = streaming.tree_pass(
+                    model, cache, tree, anchors, 0.0, decode_path()
+                )
+                mx.eval(mx.argmax(p.logits, axis=-1))
                 times[kind].append(time.perf_counter() - tic)
                 for c in cache:
                     c.offset = prefix

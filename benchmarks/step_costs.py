@@ -26,8 +26,9 @@ sees the same state):
 
 Every configuration (``--paths`` x ``--draft-vocab``) is measured round-robin in one
 process, so a noisy machine slows all of them alike; medians in ms, the load average
-printed beside them. Runs against older checkouts too (then only the "cpu" path
-and the full vocabulary exist):
+printed beside them. Needs the model-side pass (``models/streaming.py``); for a
+before/after comparison with older checkouts, ``benchmarks/overhead.py --model
+--baseline-src DIR`` runs both:
 
     python benchmarks/step_costs.py [--model smollm2-135m-instruct] [--context 200]
         [--budget 16] [--repeats 15] [--paths cpu,gpu] [--draft-vocab 0,8192]
@@ -67,19 +68,16 @@ def main(argv=None) -> None:
     import mlx.core as mx
     import numpy as np
 
-    from mlx_specstream import load
     from mlx_specstream import decoder as dec
-    from mlx_specstream.drafters import StreamDrafter
-    from mlx_specstream.models.cache import make_cache
+    from mlx_specstream import load
+    from mlx_specstream.drafters import StreamDrafter, topk_logprobs
+    from mlx_specstream.models import streaming
+    from mlx_specstream.models.cache import make_prompt_cache
+    from mlx_specstream.models.fast_ops import decode_path, use_decode_path
     from mlx_specstream.models.msa import Rows
     from mlx_specstream.prompts import apply_chat_template, encode_prompt
-    from mlx_specstream.sample_utils import accept_greedy
     from mlx_specstream.tree import Tree, TreeShape
-
-    try:  # absent before the per-device decode path
-        from mlx_specstream.models.fast_ops import use_decode_path
-    except ImportError:
-        use_decode_path = None
+    from mlx_specstream.verify import TreeArrays
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -124,7 +122,7 @@ def main(argv=None) -> None:
 
     ids = encode_prompt(tokenizer, apply_chat_template(tokenizer, TEXT * 8))
     ids = ids[: args.context]
-    cache = make_cache(model)
+    cache = make_prompt_cache(model)
     dec.prefill(model, ids, cache, 512)
     offset = cache[0].offset
     shape = TreeShape(budget=args.budget)
@@ -135,36 +133,36 @@ def main(argv=None) -> None:
         drafter = stream_drafter(model, shape)
     except ImportError:
         drafter = plain_drafter
-    g = model.streams.args.num_streams
 
     def rollback():
         for c in cache:
             c.offset = offset
 
+    def topk(states):
+        logits = streaming.draft_logits(model, states)
+        return topk_logprobs(logits, drafter.top_k, on_device=decode_path().device_topk)
+
+    def node_streams(t, h_split, node):
+        """The streams of ``node`` of the tree ``t`` just run (K/V in the cache)."""
+        visible = mx.array(t.ancestor_mask[node])
+        depth = mx.array(int(t.depths[node]))
+        return streaming.node_streams(
+            model, cache, t, visible, depth, h_split[node], decode_path()
+        )
+
     # The tree: drafted from the streams of the last prompt token.
-    h = dec._streams_after_compaction(
-        model,
-        cache,
-        model.run_layers(
-            model.embed(mx.array(ids[-1:])),
-            Rows.causal(1, offset, model.streams),
-            cache,
-            0,
-            model.split,
-        )[0, 0],
-        offset,
-    )
+    root = Tree((ids[-1],), (-1,))
+    pss = streaming.tree_pass(model, cache, root, [], 0.0, decode_path())
+    h = node_streams(root, pss.h_split, 0)
+    mx.eval(h)
     rollback()
-    tree = drafter.draft(ids[-1], dec._stream_topk(model, h, drafter.top_k), ids)
+    tree = drafter.draft(ids[-1], topk(h), ids)
     path = [0] + tree.children[0][:1]  # the root and its first child accepted
     history = list(ids)
 
     def plain():
-        rows = Rows.causal(1, offset, model.streams)
-        hh = model.run_layers(
-            model.embed(mx.array(ids[-1:])), rows, cache, 0, len(model.layers)
-        )
-        mx.argmax(model.logits(hh[0], float32=True), axis=-1).item()
+        logits = streaming.step_logits(model, mx.array(ids[-1:]), cache, decode_path())
+        mx.argmax(logits, axis=-1).item()
         rollback()
 
     state = {}
@@ -173,9 +171,9 @@ def main(argv=None) -> None:
         """The tree's pass (stream rows for ``anchors_of``'s nodes), its float32 LM
         head and the argmax on the host; the cache rolled back."""
         fresh = Tree(tree.tokens, tree.parents)  # no cached masks: as a new draft
-        pss = dec._forward_tree(model, cache, fresh, 0.0, anchors_of)
-        logits = model.logits(pss.h_top[0, : fresh.size], float32=True)
-        argmax = np.array(mx.argmax(logits, axis=-1))
+        anchors = anchors_of(fresh) if anchors_of is not None else []
+        pss = streaming.tree_pass(model, cache, fresh, anchors, 0.0, decode_path())
+        argmax = np.array(mx.argmax(pss.logits, axis=-1))
         rollback()
         return pss, argmax
 
@@ -184,18 +182,17 @@ def main(argv=None) -> None:
         state["h_split"] = pss.h_split
 
     def stream():
-        start = offset
-        for i, c in enumerate(cache):
-            c.offset = start + tree.size  # as after the verify pass
-            c.compact(start, path)
-        s = dec._streams_after_compaction(
-            model, cache, state["h_split"][0, path[-1]], start + len(path) - 1
-        )
-        state["streams"] = dec._stream_topk(model, s, drafter.top_k)
+        for c in cache:
+            c.offset = offset + tree.size  # as after the verify pass
+        s = node_streams(tree, state["h_split"], path[-1])
+        state["streams"] = topk(s)
+        for c in cache:
+            c.compact(offset, path)
+        mx.eval([c.keys for c in cache])
         rollback()
 
     def head():
-        dec._stream_topk(model, h, drafter.top_k)
+        topk(h)
 
     likely = hasattr(Tree, "likely_anchors")  # older checkouts lack the pass
 
@@ -205,10 +202,9 @@ def main(argv=None) -> None:
         verify_pass(lambda t: t.likely_anchors(4))
 
     def host():
-        fresh = Tree(tree.tokens, tree.parents)
-        accept_greedy(fresh, state["argmax"])
         nxt = drafter.draft(tree.tokens[path[-1]], state["streams"], history)
         Rows.tree(nxt.ancestor_mask, nxt.depths, offset, model.streams)
+        TreeArrays.of(nxt)  # what verification takes to the device
 
     def draft():
         drafter.draft(tree.tokens[path[-1]], state["streams"], history)
@@ -221,15 +217,12 @@ def main(argv=None) -> None:
         in the cache for the next measurement."""
         tic = time.perf_counter()
         fresh = Tree(tree.tokens, tree.parents)
-        pss = dec._forward_tree(model, cache, fresh, 0.0, None)
-        out = [model.logits(pss.h_top[0, : fresh.size], float32=True)]
+        pss = streaming.tree_pass(model, cache, fresh, [], 0.0, decode_path())
+        out = [pss.logits]
+        s = node_streams(fresh, pss.h_split, path[-1])
+        out.append(streaming.draft_logits(model, s))
         for c in cache:
-            c.offset = offset + tree.size
             c.compact(offset, path)
-        s = dec._streams_after_compaction(
-            model, cache, pss.h_split[0, path[-1]], offset + len(path) - 1
-        )
-        out.append(getattr(model, "stream_logits", model.logits)(s))
         ms = (time.perf_counter() - tic) * 1e3
         mx.eval(out, [(c.keys, c.values) for c in cache])
         rollback()
@@ -300,7 +293,7 @@ def main(argv=None) -> None:
 
     print(
         f"model {args.model}, context {len(ids)} tokens, {tree.size}-node tree, "
-        f"γ={g}, {active_blas()}, device {mx.default_device()}"
+        f"γ={streaming.num_streams(model)}, {active_blas()}, device {mx.default_device()}"
     )
     print(f"load average (1/5/15 min) before: {loads[0]}, after: {loads[1]}")
     print(

@@ -100,10 +100,12 @@ def measure_costs(
     block: int = 3,
     prompt: Optional[Sequence[int]] = None,
 ) -> Dict[str, Dict[int, float]]:
-    """Median seconds per decoding step: ``{stream_pass: {T: s}}``, ``T = 1`` plain.
+    """Seconds per decoding step: ``{stream_pass: {T: s}}``, ``T = 1`` plain (its
+    median); a tree's is the plain median times its median ratio to plain.
 
     Every configuration decodes the same prompt with the real decoder, a few steps
-    per configuration per round, so slow spells of a noisy machine hit all. Give a
+    per configuration per round, so slow spells of a noisy machine hit all; each
+    round's blocks are compared with that round's plain block. Give a
     real ``prompt`` (token ids): the "likely" stream pass costs more where its
     anchors miss the accepted node, which a random one (``prefix`` tokens, the
     default) hardly ever does.
@@ -120,15 +122,26 @@ def measure_costs(
                 runs[(sp, T)] = speculative_generate_step(
                     prompt, model, drafter, options=options
                 )
-    times: Dict[tuple, List[float]] = {k: [] for k in runs}
+    # Costs are ratios to the plain step of the same round (adjacent blocks), then
+    # medians over rounds: a load that comes and goes slows a round's blocks alike,
+    # where medians of raw times would mix quiet and busy rounds.
+    plain_times: List[float] = []
+    ratios: Dict[tuple, List[float]] = {k: [] for k in runs if k != ("plain", 1)}
     for r in range(rounds + 1):  # round 0 runs prefill and warms up
-        for k, run in runs.items():
-            t = _timed_block(run, block)
-            if r:
-                times[k] += t
-    plain = statistics.median(times[("plain", 1)])
+        block_times = {
+            k: statistics.median(_timed_block(run, block)) for k, run in runs.items()
+        }
+        if r:
+            plain_r = block_times[("plain", 1)]
+            plain_times.append(plain_r)
+            for k in ratios:
+                ratios[k].append(block_times[k] / plain_r)
+    plain = statistics.median(plain_times)
     return {
-        sp: {1: plain, **{T: statistics.median(times[(sp, T)]) for T in sizes if T > 1}}
+        sp: {
+            1: plain,
+            **{T: plain * statistics.median(ratios[(sp, T)]) for T in sizes if T > 1},
+        }
         for sp in stream_passes
     }
 

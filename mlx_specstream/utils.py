@@ -10,7 +10,6 @@ from mlx_lm.utils import load_tokenizer
 from .calibration import load_calibration
 from .files import read_json
 from .model_io import (  # noqa: F401 (re-exported: mlx-lm keeps these in utils)
-    ModelLoadError,
     build_model,
     load_model,
     save_model,

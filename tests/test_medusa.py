@@ -13,13 +13,13 @@ from conftest import tiny_hf_tokenizer, tiny_model, wrap
 from mlx.utils import tree_flatten
 
 from mlx_specstream.drafters import StreamDrafter
+from mlx_specstream.errors import ModelFileError
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.medusa import (
     MEDUSA_CONFIG,
     MEDUSA_WEIGHTS,
     MedusaDrafter,
     MedusaHeads,
-    MedusaLoadError,
     load_medusa,
 )
 from mlx_specstream.models.cache import make_prompt_cache
@@ -214,7 +214,7 @@ def _corrupt(tmp_path, what):
 def test_load_errors_name_file_and_problem(tmp_path, what):
     path, file, problem = _corrupt(tmp_path, what)
     with pytest.raises(
-        MedusaLoadError, match=f"^{re.escape(str(file))}: {problem}"
+        ModelFileError, match=f"^{re.escape(str(file))}: {problem}"
     ) as e:
         load_medusa(path)
     assert "\n" not in str(e.value)

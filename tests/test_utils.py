@@ -11,7 +11,8 @@ from mlx_lm.utils import quantize_model
 
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import stream_generate
-from mlx_specstream.utils import ModelLoadError, load, load_model, save_model
+from mlx_specstream.errors import ModelFileError
+from mlx_specstream.utils import load, load_model, save_model
 from mlx_specstream.tree import TreeShape
 
 ARGS = StreamArgs(
@@ -157,7 +158,7 @@ def test_quantized_roundtrip_decodes_losslessly(tmp_path):
 def test_bad_directories_name_the_file_and_problem(tmp_path, damage, message):
     saved(tmp_path)
     damage(tmp_path)
-    with pytest.raises(ModelLoadError, match=message):
+    with pytest.raises(ModelFileError, match=message):
         load_model(tmp_path)
 
 
@@ -167,7 +168,7 @@ def test_wrong_weight_shape(tmp_path):
     w["model.norm.weight"] = mx.ones((63,))
     mx.save_safetensors(str(tmp_path / "model.safetensors"), w)
     with pytest.raises(
-        ModelLoadError,
+        ModelFileError,
         match="model.norm.weight' has shape \\(63,\\), expected \\(64,\\)",
     ):
         load_model(tmp_path)
