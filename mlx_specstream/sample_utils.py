@@ -1,18 +1,17 @@
 # Copyright © 2026 mlx-specstream authors. Apache-2.0.
-"""Samplers, logits processors and tree acceptance rules.
+"""Samplers and logits processors (tree acceptance: ``verify.py``).
 
 ``make_sampler`` means what mlx-lm's does: top-p, min-p, XTC and top-k filter the
 untempered log-probabilities, in that order, then the temperature scales what is
 left (``temp=0`` is greedy). It returns ``SamplingArgs``, a callable that carries
 its parameters, so a draft tree can be verified against exactly its distribution.
 
-Greedy verification accepts a child iff its token is the parent's argmax, so the
-output equals plain greedy decoding. With temperature, tree rejection sampling keeps
-the output distribution equal to plain sampling: drafts are deterministic (a point
-mass q = δ_x), so child x of a node with target p is accepted with probability
-min(1, p(x) / q(x)) = p(x); on rejection the residual norm(max(p - q, 0)) is p with x
-removed and renormalised, and the next child is tried against it. If no child is
-accepted the correction token is sampled from what is left.
+Tree rejection sampling keeps the output distribution equal to plain sampling:
+drafts are deterministic (a point mass q = δ_x), so child x of a node with target p
+is accepted with probability min(1, p(x) / q(x)) = p(x); on rejection the residual
+norm(max(p - q, 0)) is p with x removed and renormalised, and the next child is
+tried against it. If no child is accepted the correction token is sampled from
+what is left (``verify.py`` does it on the device).
 """
 
 import math
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
-import numpy as np
 from mlx_lm.sample_utils import (  # noqa: F401 (make_logits_processors: re-exported)
     apply_min_p,
     apply_top_k,
@@ -29,8 +27,6 @@ from mlx_lm.sample_utils import (  # noqa: F401 (make_logits_processors: re-expo
     greedy_sampler,
     make_logits_processors,
 )
-
-from .tree import Tree
 
 Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
@@ -188,47 +184,3 @@ def apply_logits_processors(
             row = p(tokens, row)
         rows.append(row)
     return rows[0] if len(rows) == 1 else mx.concatenate(rows, axis=0)
-
-
-def accept_greedy(tree: Tree, argmax: np.ndarray) -> Tuple[List[int], int]:
-    """Longest path whose tokens equal their parent's argmax.
-
-    Returns:
-        ``(path, correction)``: accepted node indices from the root, and the argmax
-        of the last accepted node.
-    """
-    node = 0
-    while True:
-        nxt = [c for c in tree.children[node] if tree.tokens[c] == argmax[node]]
-        if not nxt:
-            break
-        node = nxt[0]
-    return tree.path(node), int(argmax[node])
-
-
-def accept_sampled(
-    tree: Tree, probs: np.ndarray, rng: np.random.Generator
-) -> Tuple[List[int], int]:
-    """Tree rejection sampling (see module docstring).
-
-    Args:
-        probs: (T, V) target probabilities at every node.
-    """
-    node = 0
-    while True:
-        p = probs[node].astype(np.float64)
-        accepted = None
-        for c in tree.children[node]:
-            x = tree.tokens[c]
-            total = p.sum()
-            if total <= 0:
-                break
-            if rng.random() * total < p[x]:
-                accepted = c
-                break
-            p[x] = 0.0  # rejected: residual is p without x
-        if accepted is None:
-            if p.sum() <= 0:  # every candidate rejected and nothing left (top-k edge)
-                p = probs[node].astype(np.float64)
-            return tree.path(node), int(rng.choice(p.size, p=p / p.sum()))
-        node = accepted

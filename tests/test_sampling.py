@@ -10,8 +10,9 @@ from conftest import tiny_hf_tokenizer, tiny_model, wrap
 
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import stream_generate
-from mlx_specstream.sample_utils import SamplingArgs, accept_sampled, target_logprobs
+from mlx_specstream.sample_utils import SamplingArgs, target_logprobs
 from mlx_specstream.tree import Tree, TreeShape
+from mlx_specstream.verify import TreeVerifier
 
 
 def tv(a: Counter, b: Counter, n: int) -> float:
@@ -19,26 +20,29 @@ def tv(a: Counter, b: Counter, n: int) -> float:
     return 0.5 * sum(abs(a[k] - b[k]) for k in keys) / n
 
 
-def test_accept_sampled_first_token_is_distributed_as_p():
-    rng = np.random.default_rng(0)
+def test_tree_rejection_sampling_first_tokens_are_distributed_as_p():
+    """The device verifier's first and second tokens follow the target laws."""
+    mx.random.seed(0)
     p = np.array([0.05, 0.4, 0.25, 0.2, 0.1, 0.0])
     q = np.array([0.3, 0.1, 0.1, 0.1, 0.1, 0.3])  # node 1's distribution
     tree = Tree.from_paths(0, [(1, 4), (3,), (5,)])  # children 1, 3 and 5 (p = 0)
     probs = np.zeros((tree.size, 6))
     probs[0], probs[1], probs[2:] = p, q, 1 / 6
-    n = 40000
+    with np.errstate(divide="ignore"):
+        logits = mx.array(np.log(probs).astype(np.float32))
+    verify = TreeVerifier(SamplingArgs(temp=1.0), None)
+    n = 6000
     first, second = Counter(), Counter()
     for _ in range(n):
-        path, corr = accept_sampled(tree, probs, rng)
-        toks = [tree.tokens[i] for i in path[1:]] + [corr]
+        v = verify(tree, logits, [0])
+        order, length, corr = np.array(v.order), int(v.length), int(v.correction)
+        toks = [tree.tokens[i] for i in order[1:length]] + [corr]
         first[toks[0]] += 1
         if toks[0] == 1:
             second[toks[1]] += 1
-    expected = Counter({i: p[i] * n for i in range(6)})
-    assert tv(first, expected, n) < 0.015
+    assert _chi2_ok(first, p, n)
     assert first[5] == 0  # a zero-probability draft is never accepted
-    m = sum(second.values())
-    assert tv(second, Counter({i: q[i] * m for i in range(6)}), m) < 0.03
+    assert _chi2_ok(second, q, sum(second.values()))
 
 
 def test_target_logprobs_applies_top_k_and_top_p():
