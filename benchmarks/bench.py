@@ -22,6 +22,7 @@ from mlx.utils import tree_flatten
 from mlx_specstream.blas import active_blas, ensure_openblas
 from mlx_specstream.calibrate import ensure_calibrated
 from mlx_specstream.calibration import describe, device_key
+from mlx_specstream.state import state_of
 from mlx_specstream.medusa import MedusaDrafter, load_medusa
 from mlx_specstream.registry import DEFAULT_MODEL
 from mlx_specstream.utils import load
@@ -115,11 +116,12 @@ def _ours(model, tokenizer, ids, max_tokens, **kw) -> tuple:
 
 def _with_calibration(model, calibration, tokenizer, ids, max_tokens) -> tuple:
     """``_ours`` with the defaults that ``calibration`` (maybe None) gives."""
-    cal, model.calibration = model.calibration, calibration
+    state = state_of(model)
+    cal, state.calibration = state.calibration, calibration
     try:
         return _ours(model, tokenizer, ids, max_tokens)
     finally:
-        model.calibration = cal
+        state.calibration = cal
 
 
 def _no_fallback(calibration):
@@ -144,7 +146,7 @@ def _mlx_lm(model, tokenizer, ids, max_tokens) -> tuple:
 
 def make_methods(model, args) -> Dict[str, Callable]:
     """Method name -> ``f(ids) -> (tokens, ttft, seconds, passes, accepted)``."""
-    theirs, their_tok = mlx_lm.load(str(model.path))
+    theirs, their_tok = mlx_lm.load(str(state_of(model).path))
     tok = args.tokenizer
     best_first = stream_drafter(model, TreeShape(budget=16))
     lookup = prompt_lookup_drafter(model)  # with the model's n-gram table, if any
@@ -190,7 +192,7 @@ def make_methods(model, args) -> Dict[str, Callable]:
         model, None, tok, ids, args.max_tokens
     )
     methods["ss_calibrated_no_fallback"] = lambda ids: _with_calibration(
-        model, _no_fallback(model.calibration), tok, ids, args.max_tokens
+        model, _no_fallback(state_of(model).calibration), tok, ids, args.max_tokens
     )
     if args.medusa:
         heads = load_medusa(args.medusa)
@@ -378,7 +380,8 @@ def main(argv=None) -> None:
     try:
         model, tokenizer = load(args.model)
         ensure_calibrated(model, tokenizer)
-        calibrated = describe(model.calibration) if model.calibration else "none"
+        cal = state_of(model).calibration
+        calibrated = describe(cal) if cal else "none"
         header = (
             f"Machine: {device_key()}; BLAS: {active_blas()}; model: {args.model}; "
             f"max_tokens {args.max_tokens}; greedy; extra parameters: {extra_parameters(model, args)}; "

@@ -170,6 +170,7 @@ def evaluate(model, records: List[dict], ranking: List[int], ks: List[int]) -> D
 def main(argv=None) -> None:
     ensure_openblas()
     from mlx_specstream import load
+    from mlx_specstream.state import state_of
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("command", choices=["rank", "eval"])
@@ -190,7 +191,7 @@ def main(argv=None) -> None:
 
     def answers(split: str, per_task: int, chat: bool) -> List[dict]:
         out = greedy_answers(
-            model.path, prompts_for(split, per_task, chat), args.max_tokens
+            state_of(model).path, prompts_for(split, per_task, chat), args.max_tokens
         )
         if args.records:
             Path(args.records).write_text("".join(json.dumps(r) + "\n" for r in out))

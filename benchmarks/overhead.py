@@ -69,6 +69,16 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def _model_dir(model):
+    """Where the model was loaded from (``ModelState.path``; older checkouts kept
+    it on the model)."""
+    try:
+        from mlx_specstream.state import state_of
+    except ImportError:
+        return model.path
+    return state_of(model).path
+
+
 def _median(xs: Sequence[Optional[float]]) -> Optional[float]:
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -222,7 +232,8 @@ def measure(
         raise ValueError("--tokens must be >= 2")
     model, tokenizer = load(model_ref)
     mx.eval(model.parameters())
-    theirs, _ = mlx_lm.load(str(model.path))
+    model_dir = _model_dir(model)
+    theirs, _ = mlx_lm.load(str(model_dir))
     ours_dtype = model.model.norm.weight.dtype
     if mlx_lm_dtype == "ours":  # compute in our dtype (float32 on the CPU)
         theirs.set_dtype(
@@ -342,7 +353,7 @@ def measure(
     )
     info = dict(
         model=str(model_ref),
-        model_path=str(model.path),
+        model_path=str(model_dir),
         mlx_specstream=str(Path(mlx_specstream.__file__).resolve().parent),
         checkout_rev=_git_rev(Path(mlx_specstream.__file__).resolve().parents[1]),
         mlx=mx.__version__,
@@ -350,9 +361,11 @@ def measure(
         device=str(mx.default_device()),
         blas=active_blas(),
         dtype=str(ours_dtype),
-        mlx_lm_dtype=str(theirs.model.norm.weight.dtype)
-        if hasattr(theirs, "model") and hasattr(theirs.model, "norm")
-        else mlx_lm_dtype,
+        mlx_lm_dtype=(
+            str(theirs.model.norm.weight.dtype)
+            if hasattr(theirs, "model") and hasattr(theirs.model, "norm")
+            else mlx_lm_dtype
+        ),
         layers=model.args.num_hidden_layers,
         hidden=model.args.hidden_size,
         vocab=model.args.vocab_size,
@@ -374,11 +387,15 @@ def _git_rev(root: Path) -> Optional[str]:
     try:
         rev = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -438,14 +455,18 @@ def check_lines(check: Dict, side: str = "") -> List[str]:
         n = check["tokens_checked"]
         out.append(f"{pre}ours: speculative == plain greedy ({n} tokens)")
     else:
-        out.append(f"{pre}MISMATCH ours: first differing token per method "
-                   f"{check['ours_mismatch']}")
+        out.append(
+            f"{pre}MISMATCH ours: first differing token per method "
+            f"{check['ours_mismatch']}"
+        )
     if check["mlx_lm_identical"]:
         out.append(f"{pre}mlx-lm: identical greedy tokens")
     else:
         tag = "MISMATCH" if check["strict_mlx_lm"] else "note"
-        out.append(f"{pre}{tag} mlx-lm: differs from ours at token "
-                   f"{check['mlx_lm_first_difference']} (-1: mlx-lm's repeats differ)")
+        out.append(
+            f"{pre}{tag} mlx-lm: differs from ours at token "
+            f"{check['mlx_lm_first_difference']} (-1: mlx-lm's repeats differ)"
+        )
     return out
 
 
@@ -457,11 +478,25 @@ def run_worker(
 ) -> Dict:
     """One side's figures from a subprocess with ``src`` first on the path."""
     cmd = [
-        sys.executable, str(HERE), "--worker", "--model", model_ref,
-        "--tokens", str(args.tokens), "--prompt-tokens", str(args.prompt_tokens),
-        "--repeats", str(args.repeats), "--budget", str(args.budget),
-        "--passes", ",".join(args.passes), "--warmup", str(args.warmup),
-        "--mlx-lm-dtype", args.mlx_lm_dtype,
+        sys.executable,
+        str(HERE),
+        "--worker",
+        "--model",
+        model_ref,
+        "--tokens",
+        str(args.tokens),
+        "--prompt-tokens",
+        str(args.prompt_tokens),
+        "--repeats",
+        str(args.repeats),
+        "--budget",
+        str(args.budget),
+        "--passes",
+        ",".join(args.passes),
+        "--warmup",
+        str(args.warmup),
+        "--mlx-lm-dtype",
+        args.mlx_lm_dtype,
     ]
     if strict:
         cmd.append("--strict-mlx-lm")
@@ -474,7 +509,7 @@ def run_worker(
     if not lines:
         sys.stderr.write(r.stdout[-4000:] + r.stderr[-4000:])
         raise SystemExit(f"error: the worker for {src} failed (exit {r.returncode})")
-    res = json.loads(lines[-1][len(JSON_MARK):])
+    res = json.loads(lines[-1][len(JSON_MARK) :])
     got = Path(res["info"]["mlx_specstream"]).parent
     if got.resolve() != src.resolve():
         raise SystemExit(
@@ -512,16 +547,24 @@ def before_after(args, model_ref: str, strict: bool, random_model: bool) -> Dict
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", nargs="?", default=None, const="",
-                   help="a model name or directory (alone: the registry's default "
-                   "model; not given: a random model of --layers x --hidden)")
+    p.add_argument(
+        "--model",
+        nargs="?",
+        default=None,
+        const="",
+        help="a model name or directory (alone: the registry's default "
+        "model; not given: a random model of --layers x --hidden)",
+    )
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--budget", type=int, default=16, help="tree nodes, root included")
-    p.add_argument("--passes", default="tree,likely,accepted",
-                   type=lambda s: [x for x in s.split(",") if x])
+    p.add_argument(
+        "--passes",
+        default="tree,likely,accepted",
+        type=lambda s: [x for x in s.split(",") if x],
+    )
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
@@ -530,14 +573,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vocab", type=int, default=512)
     p.add_argument("--streams", type=int, default=4, help="num_streams")
     p.add_argument("--stream-layers", type=int, default=2, help="num_stream_layers")
-    p.add_argument("--mlx-lm-dtype", choices=("ours", "model"), default="ours",
-                   help="mlx-lm computes in our compute dtype, or its model's own")
-    p.add_argument("--strict-mlx-lm", action="store_true",
-                   help="a difference from mlx-lm's greedy tokens is a MISMATCH "
-                   "(always on for the random model)")
-    p.add_argument("--baseline-src", default=None,
-                   help="another checkout (its mlx_specstream/ at its root): "
-                   "measured against --src in alternating subprocesses")
+    p.add_argument(
+        "--mlx-lm-dtype",
+        choices=("ours", "model"),
+        default="ours",
+        help="mlx-lm computes in our compute dtype, or its model's own",
+    )
+    p.add_argument(
+        "--strict-mlx-lm",
+        action="store_true",
+        help="a difference from mlx-lm's greedy tokens is a MISMATCH "
+        "(always on for the random model)",
+    )
+    p.add_argument(
+        "--baseline-src",
+        default=None,
+        help="another checkout (its mlx_specstream/ at its root): "
+        "measured against --src in alternating subprocesses",
+    )
     p.add_argument("--src", default=str(CHECKOUT), help="the 'after' checkout")
     p.add_argument("--rounds", type=int, default=3, help="with --baseline-src")
     p.add_argument("--out", default=None, help="write every figure as JSON")
@@ -608,8 +661,10 @@ def run(args) -> Dict:
         f"tree; {args.repeats} repeats"
         + (f" x {args.rounds} rounds" if args.baseline_src else "")
     )
-    print(f"MLX {mx.__version__}, mlx-lm {first['mlx_lm']}, device {first['device']}, "
-          f"{first['blas']}")
+    print(
+        f"MLX {mx.__version__}, mlx-lm {first['mlx_lm']}, device {first['device']}, "
+        f"{first['blas']}"
+    )
     for side, i in info.items():
         print(f"{side or 'code'}: {i['mlx_specstream']} @ {i['checkout_rev']}")
     print(f"load average (1/5/15 min) before: {loads[0]}, after: {loads[1]}")

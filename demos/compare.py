@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from mlx_specstream.blas import active_blas, ensure_openblas
+from mlx_specstream.state import state_of
 from mlx_specstream.registry import DEFAULT_MODEL
 
 PROMPTS = [
@@ -27,7 +28,7 @@ def speculative_settings(model) -> dict:
     the fastest fixed setting on the 2-core CPU), so the streams are always shown."""
     from mlx_specstream.tree import TreeShape
 
-    cal = model.calibration
+    cal = state_of(model).calibration
     if cal is not None and cal.budget > 1:
         return {}  # stream_generate's defaults are the calibrated choice
     return dict(tree=TreeShape(budget=16), stream_pass="accepted", prompt_lookup=True)
@@ -61,11 +62,12 @@ def main():
     print(f"BLAS: {active_blas()}")
     print(f"Loading {args.model} (first use fetches and converts it)...")
     model, tokenizer = load(args.model)
-    print(f"Trained streams: {'yes' if model.has_streams else 'no'}")
+    state = state_of(model)
+    print(f"Trained streams: {'yes' if state.has_streams else 'no'}")
     ensure_calibrated(model, tokenizer)
-    if model.calibration is not None:
-        print(f"Calibrated for this device: {describe(model.calibration)}")
-        if model.calibration.budget == 1:
+    if state.calibration is not None:
+        print(f"Calibrated for this device: {describe(state.calibration)}")
+        if state.calibration.budget == 1:
             print(
                 "The demo shows a fixed 16-node tree instead, so the streams are seen."
             )

@@ -51,6 +51,7 @@ from .models.llama import Model
 from .prompts import apply_chat_template, encode_prompt, read_prompts
 from .registry import DEFAULT_MODEL, resolve
 from .replay import replay, stream_candidates
+from .state import state_of
 from .tree import TreeShape
 from .utils import load
 
@@ -232,16 +233,17 @@ def ensure_calibrated(model: Model, tokenizer: TokenizerWrapper) -> None:
 
     Costs about a minute on a 2-core CPU, once per model and device.
     """
-    if model.calibration is not None or not model.has_streams:
+    state = state_of(model)
+    if state.calibration is not None or not state.has_streams:
         return
     print(
         "Calibrating the draft tree for this device (once, about a minute) ...",
         file=sys.stderr,
     )
-    model.calibration = calibrate(model, tokenizer)
-    print(f"Draft tree: {describe(model.calibration)}", file=sys.stderr)
-    if not save_calibration(model.path, model.calibration):
-        print(BUSY_NOTE.format(model.calibration.load), file=sys.stderr)
+    state.calibration = calibrate(model, tokenizer)
+    print(f"Draft tree: {describe(state.calibration)}", file=sys.stderr)
+    if not save_calibration(state.path, state.calibration):
+        print(BUSY_NOTE.format(state.calibration.load), file=sys.stderr)
 
 
 def main(argv=None) -> None:

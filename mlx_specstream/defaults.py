@@ -12,6 +12,7 @@ from typing import Optional
 
 from .drafters import Drafter, MixedDrafter, PromptLookupDrafter, StreamDrafter
 from .models.llama import Model
+from .state import state_of
 from .tree import TreeShape
 
 # The stream pass of an explicit tree without calibration: the accepted node's
@@ -41,13 +42,13 @@ FALLBACK_MARGIN = 0.85
 
 def prompt_lookup_drafter(model: Model) -> PromptLookupDrafter:
     """Prompt lookup with the model's n-gram table of its own answers, if it has one."""
-    return PromptLookupDrafter(store=model.ngrams)
+    return PromptLookupDrafter(store=state_of(model).ngrams)
 
 
 def stream_drafter(model: Model, tree: TreeShape) -> StreamDrafter:
     """The stream drafter, its trees reranked by the model's n-gram table where it
     ships one."""
-    return StreamDrafter(tree, store=model.ngrams)
+    return StreamDrafter(tree, store=state_of(model).ngrams)
 
 
 def choose_speculation(
@@ -63,14 +64,15 @@ def choose_speculation(
     with no calibration an explicit ``tree``, ``drafter`` or ``prompt_lookup`` is
     honoured while nothing at all means plain decoding.
     """
-    cal = model.calibration
+    state = state_of(model)
+    cal = state.calibration
     if stream_pass is None:
         stream_pass = cal.stream_pass if cal is not None else DEFAULT_STREAM_PASS
     if drafter is not None:
         return Speculation(drafter, stream_pass)
     if prompt_lookup is None:
         prompt_lookup = cal is not None and cal.prompt_lookup
-    if not model.has_streams:
+    if not state.has_streams:
         # Untrained streams draft noise: only prompt lookup, and only when asked.
         return (
             Speculation(prompt_lookup_drafter(model), stream_pass)

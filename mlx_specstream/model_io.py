@@ -26,6 +26,7 @@ from .format import (
 from .models import families, gemma3
 from .models.llama import Model
 from .ngrams import NgramStore
+from .state import state_of
 
 SUPPORTED_MODEL_TYPES = tuple(SUPPORTED_ARCHITECTURES)
 
@@ -173,7 +174,7 @@ def take_draft_vocab(model: Model, streams: Dict[str, mx.array], file: Path) -> 
                     f"draft_corpus id {corpus.max()} is outside the vocabulary "
                     f"[0, {model.args.vocab_size})"
                 )
-            model.ngrams = NgramStore(corpus, model.args.vocab_size)
+            state_of(model).ngrams = NgramStore(corpus, model.args.vocab_size)
     except ValueError as e:
         raise ModelFileError(file, str(e)) from None
 
@@ -211,7 +212,9 @@ def load_model(path: Union[str, Path], lazy: bool = True) -> Model:
             class_predicate=lambda p, m: f"{p}.scales" in scaled,
         )
     load_base_weights(model, weights, path / "model.safetensors")
-    model.has_streams = stream_args is not None and load_stream_weights(model, path)
+    state = state_of(model)
+    state.path = path
+    state.has_streams = stream_args is not None and load_stream_weights(model, path)
     if not lazy:
         mx.eval(model.parameters())
     model.eval()
@@ -241,6 +244,7 @@ def save_model(model: Model, config: Dict, path: Union[str, Path]) -> None:
     streams = {k: v.astype(mx.float32) for k, v in model.streams.file_weights().items()}
     if model.draft_vocab is not None:
         streams[DRAFT_VOCAB] = mx.array(model.draft_vocab, mx.int32)
-    if model.ngrams is not None:
-        streams[DRAFT_CORPUS] = mx.array(model.ngrams.corpus, mx.int32)
+    ngrams = state_of(model).ngrams
+    if ngrams is not None:
+        streams[DRAFT_CORPUS] = mx.array(ngrams.corpus, mx.int32)
     mx.save_safetensors(str(path / STREAMS_FILE), streams)

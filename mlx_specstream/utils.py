@@ -17,6 +17,7 @@ from .model_io import (  # noqa: F401 (re-exported: mlx-lm keeps these in utils)
 from .models.llama import Model
 from .precision import set_compute_dtype
 from .registry import resolve
+from .state import state_of
 
 
 def load(
@@ -42,9 +43,10 @@ def load(
     path = resolve(path_or_name)
     model = load_model(path, lazy=lazy)
     set_compute_dtype(model, compute_dtype)
-    model.path = path
+    state = state_of(model)
+    state.path = path
     # The tree budget measured on this device by `mlx-specstream calibrate`, if any.
-    model.calibration = load_calibration(path)
+    state.calibration = load_calibration(path)
     tokenizer = load_tokenizer(
         path, tokenizer_config or {}, eos_token_ids=_eos_ids(path)
     )

@@ -11,6 +11,7 @@ from mlx_specstream.replay import replay, stream_candidates
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.tree import TreeShape
+from mlx_specstream.state import state_of
 
 
 @pytest.mark.parametrize("store", [False, True])
@@ -24,7 +25,7 @@ def test_replay_counts_the_decoders_passes(budget, store):
     prompt = [7, 3, 9, 12, 40, 41]
     if store:  # trees reranked by a table of the model's answers, history-dependent
         plain = list(stream_generate(model, tok, prompt, max_tokens=40))
-        model.ngrams = NgramStore.from_sequences([[r.token for r in plain]])
+        state_of(model).ngrams = NgramStore.from_sequences([[r.token for r in plain]])
     rs = list(
         stream_generate(
             model, tok, prompt, max_tokens=40, tree=TreeShape(budget=budget)
@@ -33,7 +34,7 @@ def test_replay_counts_the_decoders_passes(budget, store):
     out = [t for r in rs for t in r.tokens]
     seq = prompt + out
     cands = stream_candidates(model, seq, budget)
-    drafter = StreamDrafter(TreeShape(budget=budget), store=model.ngrams)
+    drafter = StreamDrafter(TreeShape(budget=budget), store=state_of(model).ngrams)
     passes, tokens, depths = replay(cands, seq, len(prompt), drafter, max_tokens=40)
     assert tokens == 40
     assert passes == rs[-1].forward_calls
@@ -167,14 +168,14 @@ def test_calibrated_default_falls_back_to_plain_where_trees_do_not_pay():
                                         speculative=False) for t in r.tokens]  # fmt: skip
     for cost, falls_back in ((3.0, True), (1.0, False)):
         costs = {1: 1.0, 8: cost}
-        model.calibration = C.Calibration(8, "dev", costs, {1: 1.0, 8: 2.0}, 0.1,
+        state_of(model).calibration = C.Calibration(8, "dev", costs, {1: 1.0, 8: 2.0}, 0.1,
                                           "likely", False, {"likely": costs})  # fmt: skip
         rs = list(stream_generate(model, tok, [4, 5, 6], max_tokens=40))
         assert [t for r in rs for t in r.tokens] == plain
         late = [r.tree_size for r in rs[16:]]  # after the 8 passes it waits for
         assert (set(late) == {1}) == falls_back, late
         assert rs[-1].forward_calls <= 40
-    model.calibration = None
+    state_of(model).calibration = None
 
 
 def test_fallback_threshold_is_a_margin_below_the_calibrated_cost():
@@ -185,13 +186,13 @@ def test_fallback_threshold_is_a_margin_below_the_calibrated_cost():
 
     model = tiny_model(1)
     costs = {1: 1.0, 8: 1.6, 16: 2.0}
-    model.calibration = C.Calibration(16, "dev", {1: 1.0, 16: 9.0}, {1: 1.0, 16: 2.5},
+    state_of(model).calibration = C.Calibration(16, "dev", {1: 1.0, 16: 9.0}, {1: 1.0, 16: 2.5},
                                       0.1, "likely", True, {"likely": costs})  # fmt: skip
     assert 0 < FALLBACK_MARGIN < 1
     spec = choose_speculation(model)
     assert spec.fallback_cost == pytest.approx(FALLBACK_MARGIN * 2.0)  # its pass's
     assert choose_speculation(model, tree=TreeShape(budget=8)).fallback_cost == 0.0
-    model.calibration = None
+    state_of(model).calibration = None
 
 
 def test_calibrated_fallback_resumes_where_prompt_lookup_would_pay():
@@ -207,7 +208,7 @@ def test_calibrated_fallback_resumes_where_prompt_lookup_would_pay():
                                         speculative=False) for t in r.tokens]  # fmt: skip
     costs = {1: 1.0, 8: 50.0}  # no tree pays: every stretch falls back
     for lookup in (True, False):  # the watch is the run's prompt lookup
-        model.calibration = C.Calibration(8, "dev", costs, {1: 1.0, 8: 2.0}, 0.1,
+        state_of(model).calibration = C.Calibration(8, "dev", costs, {1: 1.0, 8: 2.0}, 0.1,
                                           "likely", lookup, {"likely": costs})  # fmt: skip
         rs = list(stream_generate(model, tok, prompt, max_tokens=80))
         assert [t for r in rs for t in r.tokens] == plain
@@ -217,4 +218,4 @@ def test_calibrated_fallback_resumes_where_prompt_lookup_would_pay():
         fell = next(i for i in range(1, len(rs)) if trees[i] == 1 < max(trees[:i]))
         later = [r.accepted for r in rs[fell:]]
         assert (max(later) > 0) == lookup, later
-    model.calibration = None
+    state_of(model).calibration = None

@@ -17,6 +17,7 @@ from mlx_specstream.format import DRAFT_CORPUS, STREAMS_FILE
 from mlx_specstream.model_io import load_model, save_model
 from mlx_specstream.ngrams import NgramStore
 from mlx_specstream.tree import TreeShape
+from mlx_specstream.state import state_of
 
 SEQS = [[1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [9, 2, 3, 7, 8], [0, 3, 6]]
 
@@ -70,7 +71,7 @@ def test_store_drafts_are_accepted_and_output_stays_plain():
         model, tokenizer, prompt, max_tokens=40, prompt_lookup=True
     )
     # The model's own answer to this prompt, as a distilled corpus would hold it.
-    model.ngrams = NgramStore.from_sequences([plain])
+    state_of(model).ngrams = NgramStore.from_sequences([plain])
     with_store, rs = run(model, tokenizer, prompt, max_tokens=40, prompt_lookup=True)
     assert without == with_store == plain
     assert rs[-1].forward_calls < 0.75 * rs_without[-1].forward_calls
@@ -78,14 +79,16 @@ def test_store_drafts_are_accepted_and_output_stays_plain():
 
 def test_corpus_is_saved_with_the_streams_and_checked_on_load(tmp_path):
     model = tiny_model(1)
-    model.ngrams = NgramStore.from_sequences(SEQS)
+    state_of(model).ngrams = NgramStore.from_sequences(SEQS)
     save_model(model, tiny_config(), tmp_path)
     assert DRAFT_CORPUS in mx.load(str(tmp_path / STREAMS_FILE))
     loaded = load_model(tmp_path)
-    np.testing.assert_array_equal(loaded.ngrams.corpus, model.ngrams.corpus)
-    assert loaded.has_streams
+    np.testing.assert_array_equal(
+        state_of(loaded).ngrams.corpus, state_of(model).ngrams.corpus
+    )
+    assert state_of(loaded).has_streams
     save_model(tiny_model(1), tiny_config(), tmp_path / "none")
-    assert load_model(tmp_path / "none").ngrams is None
+    assert state_of(load_model(tmp_path / "none")).ngrams is None
 
     file = tmp_path / STREAMS_FILE
     tensors = dict(mx.load(str(file)))
@@ -110,14 +113,18 @@ def test_draft_corpus_script_writes_the_answers(tmp_path, capsys):
     main(["--records", str(records), "--streams", str(tmp_path / "m" / STREAMS_FILE)])
     assert "4 answers" in capsys.readouterr().out
     loaded = load_model(tmp_path / "m")
-    assert loaded.ngrams.chain([0, 1, 2], 8) == [3, 4, 5]
+    assert state_of(loaded).ngrams.chain([0, 1, 2], 8) == [3, 4, 5]
 
     records.write_text('{"prompt_tokens": [1]}\n')
     with pytest.raises(SystemExit, match="distilled.jsonl:1: not a distill record"):
         main(
             ["--records", str(records), "--streams", str(tmp_path / "m" / STREAMS_FILE)]
         )
-    assert load_model(tmp_path / "m").ngrams.chain([0, 1, 2], 8) == [3, 4, 5]  # intact
+    assert state_of(load_model(tmp_path / "m")).ngrams.chain([0, 1, 2], 8) == [
+        3,
+        4,
+        5,
+    ]  # intact
 
 
 def test_lookup_watch_says_when_lookup_would_draft_again():
@@ -223,14 +230,14 @@ def test_reranked_trees_leave_output_plain(stream_pass):
     )
     # The model's own answer, as a distilled corpus would hold it; decoding's
     # default stream drafter reranks with the model's table.
-    model.ngrams = NgramStore.from_sequences([plain])
-    assert choose_speculation(model, tree=shape).drafter.store is model.ngrams
+    state_of(model).ngrams = NgramStore.from_sequences([plain])
+    assert choose_speculation(model, tree=shape).drafter.store is state_of(model).ngrams
     spec, rs = run(
         model, tokenizer, prompt, max_tokens=40, tree=shape, stream_pass=stream_pass
     )
     assert spec == plain
     # A heavy weight makes the table's answer win wherever the streams list it.
-    strong = StreamDrafter(shape, store=model.ngrams, store_weight=3.0)
+    strong = StreamDrafter(shape, store=state_of(model).ngrams, store_weight=3.0)
     spec, rs_strong = run(
         model,
         tokenizer,

@@ -14,6 +14,7 @@ from mlx_specstream.generate import stream_generate
 from mlx_specstream.errors import ModelFileError
 from mlx_specstream.utils import load, load_model, save_model
 from mlx_specstream.tree import TreeShape
+from mlx_specstream.state import state_of
 
 ARGS = StreamArgs(
     num_streams=3,
@@ -35,7 +36,7 @@ def saved(tmp_path, **overrides):
 def test_roundtrip_keeps_main_and_stream_logits(tmp_path):
     model = saved(tmp_path)
     loaded, tokenizer = load(tmp_path)
-    assert loaded.has_streams and loaded.streams.args == ARGS
+    assert state_of(loaded).has_streams and loaded.streams.args == ARGS
     for a, b in zip(model.all_stream_logits(TOKENS), loaded.all_stream_logits(TOKENS)):
         np.testing.assert_array_equal(np.array(a), np.array(b))
     assert tokenizer.encode("t3 t8", add_special_tokens=False) == [3, 8]
@@ -46,7 +47,7 @@ def test_directory_without_streams_decodes_losslessly(tmp_path):
     (tmp_path / "streams.safetensors").unlink()
     (tmp_path / "speculative_streaming.json").unlink()
     model = load_model(tmp_path)
-    assert not model.has_streams
+    assert not state_of(model).has_streams
     tok = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
     out = [
         [

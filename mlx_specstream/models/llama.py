@@ -181,9 +181,6 @@ class Model(nn.Module):
     # (K,) token ids streams draft from (None: all); see ``set_draft_vocab``.
     draft_vocab: Optional[np.ndarray] = None
     _draft_head: Optional[DraftHead] = None
-    # The n-gram table of the model's own answers prompt lookup falls back on
-    # (an ``ngrams.NgramStore``; None: none shipped).
-    ngrams = None
 
     def __init__(self, args: ModelArgs, stream_args: Optional[StreamArgs] = None):
         super().__init__()
@@ -203,9 +200,6 @@ class Model(nn.Module):
         self.streams = StreamParams(
             stream_args, args.hidden_size, args.layer_dims, args.num_hidden_layers
         )
-        # False when loaded without trained streams; decoding then drafts by lookup only.
-        self.has_streams = True
-        self.calibration = None  # set by utils.load from the per-device cache
 
     @property
     def layers(self) -> List[TransformerBlock]:

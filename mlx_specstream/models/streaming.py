@@ -15,15 +15,26 @@ behind verification without waiting for it.
 """
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Protocol, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
 
-from ..tree import Tree
 from .fast_ops import DecodePath
 from .llama import Model
 from .msa import Rows
+
+
+class Tree(Protocol):
+    """A flattened draft tree, as ``decoding/tree.py``'s ``Tree`` gives it."""
+
+    tokens: Tuple[int, ...]
+    parents: Tuple[int, ...]  # -1 for the root; parents[i] < i
+    depths: np.ndarray  # (T,)
+    ancestor_mask: np.ndarray  # (T, T) bool: [i, j] iff j is i or an ancestor
+
+    @property
+    def size(self) -> int: ...
 
 
 def _run(
@@ -84,6 +95,8 @@ def tree_pass(
         rows = Rows.tree(tree.ancestor_mask, tree.depths, offset, model.streams, path)
     tokens = mx.array(tree.tokens)
     h = _run(model, model.embed(tokens), rows, cache, 0, model.split)
+    # Start the lower layers while the upper layers' graph is built.
+    mx.async_eval(h)
     keep = None
     if prune_threshold > 0 and T > 1:
         keep = _kept(model, tree, tokens, h[0], prune_threshold)
