@@ -8,7 +8,19 @@ Reads the source (nothing is imported). Layers, lowest first: the runtime
 ``mlx_specstream.train``; ``mlx_specstream.benchmarks`` may use all of them. A module
 may import its own layer and the ones below it. The runtime never imports torch.
 Function-local imports of the package's own modules count as edges too, so a
-cycle cannot hide inside a function. Exits 1 and prints each problem otherwise.
+cycle cannot hide inside a function.
+
+Inside the runtime, floors, lowest first: the shared base (``format``, ``errors``,
+``blas``, ``_version``), ``models/``, ``loading/`` and ``decoding/`` (one floor:
+loading fills what decoding reads), the API and commands at the top level, and
+``serving/`` with the ``server`` command. A runtime module imports its own floor
+and those below.
+
+No module uses another package's private names: ``from m import _x`` and ``m._x``
+(``m`` an imported module) are allowed only where ``m`` is in the importer's own
+package (``mlx_specstream.models``, ``mlx_specstream.decoding``, ...).
+
+Exits 1 and prints each problem otherwise.
 """
 
 import ast
@@ -25,6 +37,8 @@ FOLDERS = {
     "benchmarks": "mlx_specstream.benchmarks",
 }
 LAYERS = ["runtime", "convert", "train", "benchmarks"]
+BASE = ("format", "errors", "blas", "_version")
+FLOORS = {"base": 0, "models": 1, "loading": 2, "decoding": 2, "api": 3, "serving": 4}
 TORCH = ("torch", "peft", "transformers")  # transformers pulls torch in at import
 
 
@@ -46,6 +60,66 @@ def layer(module: str) -> str:
         ):
             return name
     return "runtime"
+
+
+def floor(module: str) -> str:
+    """The runtime floor of a runtime module."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "api"  # the package itself (__init__.py): the public API
+    if parts[1] in BASE:
+        return "base"
+    if parts[1] == "server":
+        return "serving"
+    if parts[1] in ("models", "loading", "decoding", "serving"):
+        return parts[1]
+    return "api"
+
+
+def package_of(module: str, file: Path) -> str:
+    return module if file.name == "__init__.py" else module.rpartition(".")[0]
+
+
+def private_uses(module: str, file: Path, known: Set[str]) -> List[tuple]:
+    """(line, "m._x") for each private name of another package's module used."""
+    tree = ast.parse(file.read_text(), str(file))
+    package = package_of(module, file)
+    aliases: Dict[str, str] = {}  # local name -> imported module
+    found = []
+
+    def foreign(target: str) -> bool:
+        return target in known and package_of(target, Path(f"{target}.py")) != package
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname and a.name in known:
+                    aliases[a.asname] = a.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0]
+                base = f"{parent}.{base}" if base else parent
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                if sub in known:
+                    aliases[a.asname or a.name] = sub
+                elif _private(a.name) and foreign(base):
+                    found.append((node.lineno, f"{base}.{a.name}"))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and _private(node.attr)
+            and foreign(aliases[node.value.id])
+        ):
+            found.append((node.lineno, f"{aliases[node.value.id]}.{node.attr}"))
+    return found
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
 
 
 def imports(module: str, file: Path, known: Set[str]) -> List[tuple]:
@@ -111,8 +185,15 @@ def problems() -> List[str]:
                 continue
             if LAYERS.index(layer(target)) > LAYERS.index(layer(m)):
                 out.append(f"{where}: {layer(m)} module {m} imports {target}")
+            elif layer(m) == layer(target) == "runtime" and target != "mlx_specstream":
+                a, b = floor(m), floor(target)
+                if FLOORS[b] > FLOORS[a]:
+                    out.append(f"{where}: {a} module {m} imports {b} module {target}")
             if target != m:
                 graph[m].add(target)
+        for line, name in private_uses(m, f, known):
+            where = f"{f.relative_to(ROOT)}:{line}"
+            out.append(f"{where}: {m} uses {name}, private to another package")
     cycle = find_cycle(graph)
     if cycle:
         out.append("import cycle: " + " -> ".join(cycle))

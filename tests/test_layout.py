@@ -46,6 +46,35 @@ def test_import_check_finds_a_cycle_and_a_wrong_way_import(tmp_path, monkeypatch
     assert any("the runtime imports torch" in p for p in found)
 
 
+def test_import_check_finds_private_names_and_a_floor_broken(tmp_path, monkeypatch):
+    """The checker can fail on the runtime's own rules: a model module importing
+    the decoding package, and private names used across packages."""
+    check = runpy.run_path(str(ROOT / "scripts" / "check_imports.py"))
+    for folder in check["FOLDERS"]:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text("")
+    pkg = tmp_path / "mlx_specstream"
+    for sub in ("models", "decoding"):
+        (pkg / sub).mkdir()
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "decoding" / "tree.py").write_text("_hidden = 1\nshown = 2\n")
+    (pkg / "models" / "llama.py").write_text("from ..decoding.tree import shown\n")
+    (pkg / "generate.py").write_text(
+        "from .decoding import tree\nfrom .decoding.tree import _hidden\n"
+        "x = tree._hidden\n"
+    )
+    (pkg / "decoding" / "decoder.py").write_text("from . import tree\ny = tree._hidden\n")
+    monkeypatch.setitem(check["problems"].__globals__, "ROOT", tmp_path)
+    found = check["problems"]()
+    assert any(
+        "models module mlx_specstream.models.llama imports decoding module" in p
+        for p in found
+    ), found
+    private = [p for p in found if "private to another package" in p]
+    assert len(private) == 2, found  # generate.py twice; decoder.py is in the package
+    assert all("mlx_specstream/generate.py" in p for p in private)
+
+
 def test_wheel_has_no_top_level_convert_or_train(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
