@@ -21,17 +21,16 @@ from mlx.utils import tree_flatten
 
 from mlx_specstream.blas import active_blas, ensure_openblas
 from mlx_specstream.calibrate import ensure_calibrated
-from mlx_specstream.calibration import describe, device_key
-from mlx_specstream.state import state_of
-from mlx_specstream.medusa import MedusaDrafter, load_medusa
-from mlx_specstream.registry import DEFAULT_MODEL
-from mlx_specstream.utils import load
-
-from mlx_specstream.defaults import prompt_lookup_drafter, stream_drafter
-from mlx_specstream.drafters import MixedDrafter, StreamDrafter
+from mlx_specstream.decoding.defaults import prompt_lookup_drafter, stream_drafter
+from mlx_specstream.decoding.drafters import MixedDrafter, StreamDrafter
+from mlx_specstream.decoding.medusa import MedusaDrafter, load_medusa
+from mlx_specstream.decoding.state import state_of
+from mlx_specstream.decoding.tree import TreeShape
 from mlx_specstream.generate import stream_generate
+from mlx_specstream.loading.calibration import describe, device_key
+from mlx_specstream.loading.registry import DEFAULT_MODEL
 from mlx_specstream.prompts import apply_chat_template, encode_prompt, read_prompts
-from mlx_specstream.tree import TreeShape
+from mlx_specstream.utils import load
 
 CHAT_PROMPTS = [
     "What is the capital of France?",

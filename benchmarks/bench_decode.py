@@ -57,11 +57,11 @@ def verify_costs(model, sizes, prefix: int, reps: int) -> dict:
     import mlx.core as mx
     import numpy as np
 
-    from mlx_specstream.decoder import prefill
+    from mlx_specstream.decoding.decoder import prefill
+    from mlx_specstream.decoding.tree import Tree, best_first_paths
     from mlx_specstream.models import streaming
     from mlx_specstream.models.cache import make_prompt_cache
     from mlx_specstream.models.fast_ops import decode_path
-    from mlx_specstream.tree import Tree, best_first_paths
 
     rng = np.random.default_rng(0)
     cache = make_prompt_cache(model)
@@ -79,9 +79,7 @@ def verify_costs(model, sizes, prefix: int, reps: int) -> dict:
             for kind in times:
                 tic = time.perf_counter()
                 anchors = list(range(tree.size)) if kind == "with_streams" else []
-                p = streaming.tree_pass(
-                    model, cache, tree, anchors, 0.0, decode_path()
-                )
+                p = streaming.tree_pass(model, cache, tree, anchors, 0.0, decode_path())
                 mx.eval(mx.argmax(p.logits, axis=-1))
                 times[kind].append(time.perf_counter() - tic)
                 for c in cache:
@@ -96,7 +94,7 @@ def main():
     import mlx_lm
     from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-    from mlx_specstream.decoder import generate_step
+    from mlx_specstream.decoding.decoder import generate_step
     from mlx_specstream.format import StreamArgs
     from mlx_specstream.utils import build_model, load_model, save_model
 

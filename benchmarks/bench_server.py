@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import httpx
-
 from mlx_specstream.benchmarks.load_server import free_port, proc_status
+
 from mlx_specstream.blas import active_blas, find_openblas
 
 PROMPTS = [
@@ -340,7 +340,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.plain_worker:
         return plain_worker(args.model, *args.plain_worker, args.tokens)
 
-    from mlx_specstream.registry import resolve
+    from mlx_specstream.loading.registry import resolve
 
     model_dir = str(resolve(args.model))
     env = {k: v for k, v in os.environ.items() if k != "MLX_SPECSTREAM_API_KEY"}

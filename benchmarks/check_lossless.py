@@ -14,15 +14,16 @@ import sys
 from typing import List
 
 from mlx_specstream.blas import ensure_openblas
-from mlx_specstream.registry import DEFAULT_MODEL
+from mlx_specstream.loading.registry import DEFAULT_MODEL
 
 
 def main() -> None:
     ensure_openblas()
-    from mlx_specstream import load, stream_generate
     from mlx_specstream.benchmarks.bench import load_prompts
+
+    from mlx_specstream import load, stream_generate
+    from mlx_specstream.decoding.tree import TreeShape
     from mlx_specstream.prompts import apply_chat_template, encode_prompt
-    from mlx_specstream.tree import TreeShape
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -41,8 +42,12 @@ def main() -> None:
         kw = dict(tree=TreeShape(budget=32), prompt_lookup=True, stream_pass="accepted")
         out, last = [], None
         for last in stream_generate(
-            model, tokenizer, ids, max_tokens=args.max_tokens,
-            speculative=speculative, **(kw if speculative else {}),
+            model,
+            tokenizer,
+            ids,
+            max_tokens=args.max_tokens,
+            speculative=speculative,
+            **(kw if speculative else {}),
         ):
             out += last.tokens
         return out, last
@@ -54,8 +59,12 @@ def main() -> None:
         same += plain == spec
         tokens, passes = tokens + last.generation_tokens, passes + last.forward_calls
         verdict = "identical" if plain == spec else "DIFFERENT"
-        print(f"{task}: {verdict}, {len(plain)} tokens, {last.tokens_per_pass:.2f} per pass")
-    print(f"{same}/{len(prompts)} identical; {tokens / passes:.2f} tokens per pass in all")
+        print(
+            f"{task}: {verdict}, {len(plain)} tokens, {last.tokens_per_pass:.2f} per pass"
+        )
+    print(
+        f"{same}/{len(prompts)} identical; {tokens / passes:.2f} tokens per pass in all"
+    )
     sys.exit(0 if same == len(prompts) else 1)
 
 

@@ -67,7 +67,8 @@ def prompts(n: int, data: Optional[str], per_task: int) -> List[tuple]:
 def model_dir(model: str, dtype: str, cache: Path) -> Path:
     """The MLX directory of ``model`` in ``dtype``, converted into ``cache`` once."""
     from mlx_specstream.convert.convert import convert
-    from mlx_specstream.registry import MODELS, gguf_path, resolve
+
+    from mlx_specstream.loading.registry import MODELS, gguf_path, resolve
 
     fp32 = resolve(model)
     if dtype == "float32":
@@ -116,9 +117,9 @@ def run_dtype(
     import mlx_lm
 
     from mlx_specstream import load
-    from mlx_specstream.precision import set_compute_dtype
+    from mlx_specstream.decoding.tree import TreeShape
+    from mlx_specstream.loading.precision import set_compute_dtype
     from mlx_specstream.prompts import apply_chat_template, encode_prompt
-    from mlx_specstream.tree import TreeShape
 
     model, tokenizer = load(str(path), compute_dtype=compute)
     ref_model, _ = mlx_lm.load(str(path))
@@ -202,7 +203,7 @@ def markdown(results: Dict, max_tokens: int, compute: str = "auto") -> str:
 
 def main() -> None:
     ensure_openblas()
-    from mlx_specstream.registry import DEFAULT_MODEL
+    from mlx_specstream.loading.registry import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help="registered name or fp32 dir")

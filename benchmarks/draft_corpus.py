@@ -8,7 +8,7 @@ Reads ``mlx-specstream distill`` output (the model's greedy answers to training
 prompts; never held-out ones) and writes their ``completion_tokens``, one sequence
 after another, as the ``draft_corpus`` tensor of a stream file: the shipped streams'
 (``--write-assets``) or any converted model's (``--streams``). Decoding builds an
-n-gram table from it (``mlx_specstream/ngrams.py``).
+n-gram table from it (``mlx_specstream/decoding/ngrams.py``).
 """
 
 import argparse
@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from mlx_specstream.benchmarks.draft_vocab import ASSETS, write_stream_tensor
+
+from mlx_specstream.decoding.ngrams import NgramStore
 from mlx_specstream.format import DRAFT_CORPUS, STREAMS_FILE
-from mlx_specstream.ngrams import NgramStore
 
 
 def read_answers(paths) -> list:

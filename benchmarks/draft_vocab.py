@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from mlx_specstream.blas import ensure_openblas
-from mlx_specstream.registry import DEFAULT_MODEL
+from mlx_specstream.loading.registry import DEFAULT_MODEL
 
 TASKS = ("sql", "mr2text", "dialogue", "instructions")
 ASSETS = Path(__file__).resolve().parents[1] / "mlx_specstream" / "assets"
@@ -121,14 +121,14 @@ def evaluate(model, records: List[dict], ranking: List[int], ks: List[int]) -> D
     import mlx.core as mx
     import numpy as np
 
-    from mlx_specstream.drafters import (
+    from mlx_specstream.decoding.drafters import (
         MixedDrafter,
         StreamDrafter,
         StreamTopK,
         topk_logprobs,
     )
-    from mlx_specstream.replay import replay
-    from mlx_specstream.tree import TreeShape
+    from mlx_specstream.decoding.replay import replay
+    from mlx_specstream.decoding.tree import TreeShape
 
     drafters = {
         "best_first_16": StreamDrafter(TreeShape(budget=16)),
@@ -170,7 +170,7 @@ def evaluate(model, records: List[dict], ranking: List[int], ks: List[int]) -> D
 def main(argv=None) -> None:
     ensure_openblas()
     from mlx_specstream import load
-    from mlx_specstream.state import state_of
+    from mlx_specstream.decoding.state import state_of
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("command", choices=["rank", "eval"])

@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from mlx_specstream.blas import ensure_openblas
-from mlx_specstream.registry import DEFAULT_MODEL
+from mlx_specstream.loading.registry import DEFAULT_MODEL
 
 TREES = {
     "chain_top1": ("cartesian", (1, 1, 1, 1)),
@@ -35,7 +35,8 @@ TREES = {
 def chat_records(model, tokenizer, max_tokens: int) -> list:
     """Greedy answers to the chat prompts, in the distill output's layout."""
     from mlx_specstream.benchmarks.bench import CHAT_PROMPTS, MORE_CHAT
-    from mlx_specstream.decoder import generate_step
+
+    from mlx_specstream.decoding.decoder import generate_step
     from mlx_specstream.prompts import apply_chat_template, encode_prompt
 
     records = []
@@ -62,12 +63,13 @@ def chat_records(model, tokenizer, max_tokens: int) -> list:
 
 def main():
     ensure_openblas()
-    from mlx_specstream import load
     from mlx_specstream.benchmarks.bench import task_group
-    from mlx_specstream.replay import replay, stream_candidates
-    from mlx_specstream.defaults import prompt_lookup_drafter, stream_drafter
-    from mlx_specstream.drafters import MixedDrafter, StreamDrafter
-    from mlx_specstream.tree import TreeShape
+
+    from mlx_specstream import load
+    from mlx_specstream.decoding.defaults import prompt_lookup_drafter, stream_drafter
+    from mlx_specstream.decoding.drafters import MixedDrafter, StreamDrafter
+    from mlx_specstream.decoding.replay import replay, stream_candidates
+    from mlx_specstream.decoding.tree import TreeShape
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL)

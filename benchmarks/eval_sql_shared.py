@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from mlx_specstream.blas import ensure_openblas
-from mlx_specstream.registry import DEFAULT_MODEL
+from mlx_specstream.loading.registry import DEFAULT_MODEL
 
 # (label, model key, decoding): speculative decoding only for the streams model.
 ROWS = [
@@ -38,8 +38,9 @@ def plain_batched(path: str, prompts: List[List[int]], max_tokens: int) -> List[
     mlx-lm reads a converted directory as the plain (merged) base model; batching
     makes plain decoding ~6x faster on a CPU than batch 1.
     """
-    from mlx_specstream.train.distill import mlx_batches, load
-    from mlx_specstream.registry import resolve
+    from mlx_specstream.train.distill import load, mlx_batches
+
+    from mlx_specstream.loading.registry import resolve
 
     model, tokenizer = load(resolve(path))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -51,8 +52,8 @@ def plain_batched(path: str, prompts: List[List[int]], max_tokens: int) -> List[
 
 def decode(model, tokenizer, prompts: List[List[int]], mode: str, max_tokens: int):
     """Batch-1 greedy answers, generated tokens and forward passes (stream_generate)."""
+    from mlx_specstream.decoding.tree import TreeShape
     from mlx_specstream.generate import stream_generate
-    from mlx_specstream.tree import TreeShape
 
     kw: Dict = dict(max_tokens=max_tokens, speculative=mode != "plain")
     if mode != "plain":
@@ -72,7 +73,11 @@ def decode(model, tokenizer, prompts: List[List[int]], mode: str, max_tokens: in
 
 def score(texts: List[str], records: List[dict]) -> Tuple[float, float]:
     """(exact match, execution accuracy) of the first query of each answer."""
-    from mlx_specstream.train.datasets.sql import exact_match, execution_match, extract_sql
+    from mlx_specstream.train.datasets.sql import (
+        exact_match,
+        execution_match,
+        extract_sql,
+    )
 
     em = ex = 0
     for text, rec in zip(texts, records):

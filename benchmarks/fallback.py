@@ -25,22 +25,23 @@ import time
 from pathlib import Path
 
 from mlx_specstream.blas import ensure_openblas
-from mlx_specstream.registry import DEFAULT_MODEL
+from mlx_specstream.loading.registry import DEFAULT_MODEL
 
 POLICIES = ("plain", "no_resume", "resume", "never")
 
 
 def main() -> None:
     ensure_openblas()
-    from mlx_specstream import load
     from mlx_specstream.benchmarks.bench import CHAT_PROMPTS, MORE_CHAT
+
+    from mlx_specstream import load
     from mlx_specstream.calibrate import ensure_calibrated
-    from mlx_specstream.decoder import (
+    from mlx_specstream.decoding.decoder import (
         DecodeOptions,
         plain_generate_step,
         speculative_generate_step,
     )
-    from mlx_specstream.defaults import choose_speculation
+    from mlx_specstream.decoding.defaults import choose_speculation
     from mlx_specstream.prompts import apply_chat_template, encode_prompt
     from mlx_specstream.sample_utils import SamplingArgs
 

@@ -23,15 +23,15 @@ import sys
 from dataclasses import replace
 
 from mlx_specstream.blas import ensure_openblas
-from mlx_specstream.registry import DEFAULT_MODEL
+from mlx_specstream.loading.registry import DEFAULT_MODEL
 
 
 def main() -> None:
     ensure_openblas()
     from mlx_specstream import load
     from mlx_specstream.calibrate import ensure_calibrated
-    from mlx_specstream.decoder import DecodeOptions, speculative_generate_step
-    from mlx_specstream.defaults import choose_speculation
+    from mlx_specstream.decoding.decoder import DecodeOptions, speculative_generate_step
+    from mlx_specstream.decoding.defaults import choose_speculation
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL)

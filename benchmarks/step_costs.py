@@ -43,7 +43,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from mlx_specstream.blas import active_blas, ensure_openblas
-from mlx_specstream.registry import DEFAULT_MODEL
+from mlx_specstream.loading.registry import DEFAULT_MODEL
 
 TEXT = (
     "Explain, step by step and with examples, how a hash table stores and finds "
@@ -68,16 +68,16 @@ def main(argv=None) -> None:
     import mlx.core as mx
     import numpy as np
 
-    from mlx_specstream import decoder as dec
     from mlx_specstream import load
-    from mlx_specstream.drafters import StreamDrafter, topk_logprobs
+    from mlx_specstream.decoding import decoder as dec
+    from mlx_specstream.decoding.drafters import StreamDrafter, topk_logprobs
+    from mlx_specstream.decoding.tree import Tree, TreeShape
+    from mlx_specstream.decoding.verify import TreeArrays
     from mlx_specstream.models import streaming
     from mlx_specstream.models.cache import make_prompt_cache
     from mlx_specstream.models.fast_ops import decode_path, use_decode_path
     from mlx_specstream.models.msa import Rows
     from mlx_specstream.prompts import apply_chat_template, encode_prompt
-    from mlx_specstream.tree import Tree, TreeShape
-    from mlx_specstream.verify import TreeArrays
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -128,7 +128,7 @@ def main(argv=None) -> None:
     shape = TreeShape(budget=args.budget)
     plain_drafter = StreamDrafter(shape)
     try:  # decoding's drafter: reranked by the model's n-gram table, if it has one
-        from mlx_specstream.defaults import stream_drafter
+        from mlx_specstream.decoding.defaults import stream_drafter
 
         drafter = stream_drafter(model, shape)
     except ImportError:

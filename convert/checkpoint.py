@@ -14,14 +14,14 @@ from typing import Dict, Optional, Tuple
 
 import mlx.core as mx
 
-from mlx_specstream.files import load_safetensors, read_json
 from mlx_specstream.format import (
     SETTINGS_FILE,
     STREAMS_FILE,
     SUPPORTED_ARCHITECTURES,
     StreamArgs,
 )
-from mlx_specstream.model_io import load_stream_args
+from mlx_specstream.loading.files import load_safetensors, read_json
+from mlx_specstream.loading.model_io import load_stream_args
 
 from .errors import ConvertError, ConvertFileNotFoundError
 

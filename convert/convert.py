@@ -19,10 +19,10 @@ import mlx.nn as nn
 from mlx_lm.utils import quantize_model
 from tqdm import tqdm
 
-from mlx_specstream.files import check_destination, write_atomically
 from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE, StreamArgs
-from mlx_specstream.gguf import find_gguf, read_gguf, save_tokenizer
-from mlx_specstream.model_io import (
+from mlx_specstream.loading.files import check_destination, write_atomically
+from mlx_specstream.loading.gguf import find_gguf, read_gguf, save_tokenizer
+from mlx_specstream.loading.model_io import (
     build_model,
     normalise_config,
     save_model,

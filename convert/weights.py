@@ -12,9 +12,9 @@ from typing import Callable, Dict, Optional, Tuple
 
 import mlx.core as mx
 
-from mlx_specstream.files import load_safetensors, read_json
 from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE
-from mlx_specstream.model_io import base_shapes, check_shapes, stream_shapes
+from mlx_specstream.loading.files import load_safetensors, read_json
+from mlx_specstream.loading.model_io import base_shapes, check_shapes, stream_shapes
 from mlx_specstream.models.llama import Model
 
 from .checkpoint import Origins, Weights, load_torch_bin

@@ -11,8 +11,8 @@ import argparse
 import sys
 
 from mlx_specstream.blas import active_blas, ensure_openblas
-from mlx_specstream.state import state_of
-from mlx_specstream.registry import DEFAULT_MODEL
+from mlx_specstream.decoding.state import state_of
+from mlx_specstream.loading.registry import DEFAULT_MODEL
 
 PROMPTS = [
     "What is the capital of France?",
@@ -26,7 +26,7 @@ def speculative_settings(model) -> dict:
     """The calibrated tree where calibration found one that pays on this device;
     else a fixed 16-node tree (streams + prompt lookup, accepted-node stream pass,
     the fastest fixed setting on the 2-core CPU), so the streams are always shown."""
-    from mlx_specstream.tree import TreeShape
+    from mlx_specstream.decoding.tree import TreeShape
 
     cal = state_of(model).calibration
     if cal is not None and cal.budget > 1:
@@ -49,8 +49,8 @@ def run(model, tokenizer, prompt, speculative, max_tokens):
 def main():
     ensure_openblas()
     from mlx_specstream import load
-    from mlx_specstream.calibration import describe
     from mlx_specstream.calibrate import ensure_calibrated
+    from mlx_specstream.loading.calibration import describe
     from mlx_specstream.prompts import apply_chat_template
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

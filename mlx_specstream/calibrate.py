@@ -32,27 +32,27 @@ import numpy as np
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from .blas import active_blas, ensure_openblas
-from .calibration import (
+from .decoding.decoder import (
+    STREAM_PASSES,
+    DecodeOptions,
+    generate_step,
+    speculative_generate_step,
+)
+from .decoding.defaults import prompt_lookup_drafter, stream_drafter
+from .decoding.drafters import MixedDrafter
+from .decoding.replay import replay, stream_candidates
+from .decoding.state import state_of
+from .decoding.tree import TreeShape
+from .loading.calibration import (
     Calibration,
     cache_file,
     describe,
     device_key,
     save_calibration,
 )
-from .decoder import (
-    STREAM_PASSES,
-    DecodeOptions,
-    generate_step,
-    speculative_generate_step,
-)
-from .defaults import prompt_lookup_drafter, stream_drafter
-from .drafters import MixedDrafter
+from .loading.registry import DEFAULT_MODEL, resolve
 from .models.llama import Model
 from .prompts import apply_chat_template, encode_prompt, read_prompts
-from .registry import DEFAULT_MODEL, resolve
-from .replay import replay, stream_candidates
-from .state import state_of
-from .tree import TreeShape
 from .utils import load
 
 DEFAULT_BUDGETS = (1, 2, 4, 8, 16, 32)

@@ -18,7 +18,10 @@ COMMANDS = {
         "convert a PyTorch / GGUF checkpoint to an MLX directory",
     ),
     "train": ("mlx_specstream.train.trainer", "train speculative streams (PyTorch)"),
-    "data": ("mlx_specstream.train.datasets.make", "write the seeded synthetic task data sets"),
+    "data": (
+        "mlx_specstream.train.datasets.make",
+        "write the seeded synthetic task data sets",
+    ),
     "distill": (
         "mlx_specstream.train.distill",
         "make self-distillation targets with the model",
@@ -27,12 +30,18 @@ COMMANDS = {
         "mlx_specstream.train.medusa",
         "train Medusa-1 heads (PyTorch), the paper's baseline",
     ),
-    "bench": ("mlx_specstream.benchmarks.bench", "benchmark decoding methods side by side"),
+    "bench": (
+        "mlx_specstream.benchmarks.bench",
+        "benchmark decoding methods side by side",
+    ),
     "calibrate": (
         "mlx_specstream.calibrate",
         "measure this device and pick the tree budget",
     ),
-    "server": ("mlx_specstream.server", "OpenAI-compatible HTTP server with a chat page"),
+    "server": (
+        "mlx_specstream.server",
+        "OpenAI-compatible HTTP server with a chat page",
+    ),
 }
 
 

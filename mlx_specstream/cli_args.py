@@ -13,10 +13,10 @@ import mlx.core as mx
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from .calibrate import ensure_calibrated
-from .decoder import STREAM_PASSES
+from .decoding.decoder import STREAM_PASSES
+from .decoding.tree import TreeShape
+from .loading.registry import DEFAULT_MODEL
 from .models.llama import Model
-from .registry import DEFAULT_MODEL
-from .tree import TreeShape
 from .utils import load
 
 

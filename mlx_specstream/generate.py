@@ -18,20 +18,22 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from .blas import active_blas, ensure_openblas
 from .cli_args import add_decoding_args, load_from_args
-from .decoder import (
+from .decoding.decoder import (
     DecodeOptions,
     ProgressCallback,
     Step,
     plain_generate_step,
     speculative_generate_step,
 )
-from .defaults import DEFAULT_STREAM_PASS, choose_speculation
-from .drafters import Drafter
+from .decoding.defaults import DEFAULT_STREAM_PASS, choose_speculation
+from .decoding.drafters import Drafter
+from .decoding.state import state_of
+from .decoding.tree import TreeShape
+from .device import device_steps, generating
 from .models.cache import PromptCache, as_prompt_cache
 from .models.llama import Model
 from .prompts import apply_chat_template, encode_prompt
 from .sample_utils import LogitsProcessor, Sampler, SamplingArgs, known_sampler
-from .tree import TreeShape
 
 
 @dataclass
@@ -286,7 +288,10 @@ def stream_generate(
         )
     else:
         steps = plain_generate_step(ids, model, sampler, prefill_step_size, **common)
-    yield from _responses(steps, tokenizer, cache, len(ids), limit, spec is not None)
+    with generating(model):  # the wired limit on Metal, as mlx_lm.generate
+        yield from _responses(
+            steps, tokenizer, cache, len(ids), limit, spec is not None
+        )
 
 
 def _responses(
@@ -301,13 +306,17 @@ def _responses(
 
     The cache ends up holding exactly the tokens yielded: a pass's tokens after an
     EOS, or after the token where the caller stopped iterating, are trimmed off.
+
+    Each step runs under ``device.py``'s lock on its stream, released before every
+    yield; a step's ``logprobs`` and K/V are scheduled there, so a caller may read
+    them later on any thread, and advance this generator from any thread.
     """
     detokenizer = tokenizer.detokenizer
     detokenizer.reset()
     eos = set(tokenizer.eos_token_ids)
     tic = time.perf_counter()
     n, calls, prompt_tps, t_first = 0, 0, 0.0, tic
-    for step in steps:
+    for step, logprobs in device_steps(steps, cache):
         calls += 1
         if calls == 1:
             t_first = time.perf_counter()
@@ -331,7 +340,7 @@ def _responses(
                 yield GenerationResponse(
                     text=detokenizer.last_segment,
                     token=token,
-                    logprobs=step.logprobs[k],
+                    logprobs=logprobs[k],
                     from_draft=k < step.accepted,
                     prompt_tokens=prompt_tokens,
                     prompt_tps=prompt_tps,
@@ -419,7 +428,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         if not args.ignore_chat_template:
             prompt = apply_chat_template(tokenizer, prompt, args.system_prompt)
         if args.verbose:
-            streams = "with" if model.has_streams else "no"
+            streams = "with" if state_of(model).has_streams else "no"
             print(f"BLAS: {active_blas()}")
             print(f"Model: {args.model} ({streams} trained streams)")
         generate(model, tokenizer, prompt, verbose=True, **kwargs)

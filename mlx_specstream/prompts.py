@@ -28,7 +28,9 @@ def apply_chat_template(
 
     Without a chat template a single message is returned as it is.
     """
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    messages = (
+        [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    )
     if system:
         messages = [{"role": "system", "content": system}] + list(messages)
     if not getattr(tokenizer, "chat_template", None):

@@ -30,17 +30,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ._version import __version__
 from .blas import ensure_openblas
 from .cli_args import add_decoding_args, load_from_args
+from .decoding.state import state_of
 from .generate import stream_generate
 from .models.cache import make_prompt_cache
-from .prompt_store import PromptStore
-from .server_requests import (
+from .serving.prompt_store import PromptStore
+from .serving.requests import (
     APIError,
     GenRequest,
     as_api_error,
     parse_body,
     parse_request,
 )
-from .server_worker import Engine, Job, QueueFull, Worker
+from .serving.worker import Engine, Job, QueueFull, Worker
 
 # Paths served without the API key: the health check, and the chat page, which is
 # static (it holds no data and asks for the key itself).
@@ -212,7 +213,7 @@ def create_app(
         stream_fn, make_cache: the generation API (tests wrap them).
         keepalive_s: an SSE comment goes out after this long without a token.
     """
-    path = getattr(model, "path", None)
+    path = state_of(model).path
     model_id = model_id or (
         os.path.basename(str(path).rstrip("/")) if path else "mlx-specstream"
     )

@@ -7,17 +7,17 @@ from typing import Any, Dict, Optional, Tuple, Union
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import load_tokenizer
 
-from .calibration import load_calibration
-from .files import read_json
-from .model_io import (  # noqa: F401 (re-exported: mlx-lm keeps these in utils)
+from .decoding.state import state_of
+from .loading.calibration import load_calibration
+from .loading.files import read_json
+from .loading.model_io import (  # noqa: F401 (re-exported: mlx-lm keeps these in utils)
     build_model,
     load_model,
     save_model,
 )
+from .loading.precision import set_compute_dtype
+from .loading.registry import resolve
 from .models.llama import Model
-from .precision import set_compute_dtype
-from .registry import resolve
-from .state import state_of
 
 
 def load(

@@ -11,7 +11,7 @@ Function-local imports of the package's own modules count as edges too, so a
 cycle cannot hide inside a function.
 
 Inside the runtime, floors, lowest first: the shared base (``format``, ``errors``,
-``blas``, ``_version``), ``models/``, ``loading/`` and ``decoding/`` (one floor:
+``blas``, ``sample_utils``, ``_version``: they import nothing of the package), ``models/``, ``loading/`` and ``decoding/`` (one floor:
 loading fills what decoding reads), the API and commands at the top level, and
 ``serving/`` with the ``server`` command. A runtime module imports its own floor
 and those below.
@@ -37,7 +37,7 @@ FOLDERS = {
     "benchmarks": "mlx_specstream.benchmarks",
 }
 LAYERS = ["runtime", "convert", "train", "benchmarks"]
-BASE = ("format", "errors", "blas", "_version")
+BASE = ("format", "errors", "blas", "sample_utils", "_version")
 FLOORS = {"base": 0, "models": 1, "loading": 2, "decoding": 2, "api": 3, "serving": 4}
 TORCH = ("torch", "peft", "transformers")  # transformers pulls torch in at import
 

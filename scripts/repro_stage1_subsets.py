@@ -14,7 +14,7 @@ below. The files are byte-identical to those the shipped streams were trained fr
 import argparse
 from pathlib import Path
 
-from mlx_specstream.files import write_text_atomically
+from mlx_specstream.loading.files import write_text_atomically
 
 TASKS = ("sql", "mr2text", "dialogue", "instructions")  # the order the streams used
 SIZES = (("train", 100), ("valid", 10), ("test", 20))  # lines per task and split

@@ -32,7 +32,7 @@ import json
 import random
 from pathlib import Path
 
-from mlx_specstream.files import write_text_atomically
+from mlx_specstream.loading.files import write_text_atomically
 
 TASKS = ("sql", "mr2text", "dialogue", "instructions")
 MIXES = {  # stage: (shuffle seed, distilled files)

@@ -6,8 +6,8 @@ import json
 import time
 
 from conftest import tiny_config, tiny_hf_tokenizer, tiny_model
-
 from mlx_specstream.benchmarks.bench import run, write_report
+
 from mlx_specstream.utils import load, save_model
 
 

@@ -3,9 +3,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from conftest import tiny_model
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import KVCache, trim_prompt_cache
 from mlx_lm.models.cache import make_prompt_cache as mlx_lm_make_prompt_cache
-from mlx_lm.models.cache import trim_prompt_cache
 
 from mlx_specstream.models.cache import PromptCache, TreeKVCache, as_prompt_cache
 

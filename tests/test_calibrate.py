@@ -5,13 +5,13 @@ import pytest
 from conftest import tiny_hf_tokenizer, tiny_model, wrap
 
 from mlx_specstream.calibrate import calibrate
-from mlx_specstream.drafters import StreamDrafter
-from mlx_specstream.ngrams import NgramStore
-from mlx_specstream.replay import replay, stream_candidates
+from mlx_specstream.decoding.drafters import StreamDrafter
+from mlx_specstream.decoding.ngrams import NgramStore
+from mlx_specstream.decoding.replay import replay, stream_candidates
+from mlx_specstream.decoding.state import state_of
+from mlx_specstream.decoding.tree import TreeShape
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import stream_generate
-from mlx_specstream.tree import TreeShape
-from mlx_specstream.state import state_of
 
 
 @pytest.mark.parametrize("store", [False, True])
@@ -66,7 +66,7 @@ def test_calibrate_picks_the_best_measured_configuration():
 def test_outdated_or_corrupt_calibration_is_measured_again(tmp_path, monkeypatch):
     import json
 
-    from mlx_specstream import calibration as C
+    from mlx_specstream.loading import calibration as C
 
     monkeypatch.setattr(C, "cache_file", lambda path: tmp_path / "cal.json")
     cal = C.Calibration(4, "dev", {1: 1.0, 4: 1.5}, {1: 1.0, 4: 2.0}, 0.1, "accepted")
@@ -84,7 +84,7 @@ def test_calibration_timed_on_a_busy_cpu_is_not_cached(tmp_path, monkeypatch):
     import os
 
     from mlx_specstream import calibrate as K
-    from mlx_specstream import calibration as C
+    from mlx_specstream.loading import calibration as C
 
     monkeypatch.setattr(C, "cache_file", lambda path: tmp_path / "cal.json")
     quiet = C.Calibration(8, "dev", {1: 1.0, 8: 1.5}, {1: 1.0, 8: 2.0}, 0.1, load=0.1)
@@ -107,7 +107,7 @@ def test_calibration_timed_on_a_busy_cpu_is_not_cached(tmp_path, monkeypatch):
 
 
 def test_replay_with_prompt_lookup_matches_the_decoder():
-    from mlx_specstream.drafters import MixedDrafter, StreamDrafter
+    from mlx_specstream.decoding.drafters import MixedDrafter, StreamDrafter
 
     tok = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
     model = tiny_model(
@@ -160,7 +160,7 @@ def test_read_prompts_from_jsonl_and_text(tmp_path):
 def test_calibrated_default_falls_back_to_plain_where_trees_do_not_pay():
     """A calibrated tree whose tokens per pass stay below its measured cost decodes
     plainly after a few passes; output equals plain decoding either way."""
-    from mlx_specstream import calibration as C
+    from mlx_specstream.loading import calibration as C
 
     tok = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
     model = tiny_model(1)  # random streams: drafts are hardly ever accepted
@@ -180,9 +180,9 @@ def test_calibrated_default_falls_back_to_plain_where_trees_do_not_pay():
 
 def test_fallback_threshold_is_a_margin_below_the_calibrated_cost():
     """Only runs clearly below the step's cost fall back; explicit trees never do."""
-    from mlx_specstream import calibration as C
-    from mlx_specstream.defaults import FALLBACK_MARGIN, choose_speculation
-    from mlx_specstream.tree import TreeShape
+    from mlx_specstream.decoding.defaults import FALLBACK_MARGIN, choose_speculation
+    from mlx_specstream.decoding.tree import TreeShape
+    from mlx_specstream.loading import calibration as C
 
     model = tiny_model(1)
     costs = {1: 1.0, 8: 1.6, 16: 2.0}
@@ -199,7 +199,7 @@ def test_calibrated_fallback_resumes_where_prompt_lookup_would_pay():
     """After the fallback, plain decoding watches prompt lookup; once the answer
     repeats itself, trees come back (and go again when they do not pay). Output
     equals plain decoding throughout."""
-    from mlx_specstream import calibration as C
+    from mlx_specstream.loading import calibration as C
 
     tok = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
     model = tiny_model(3)  # its greedy answer settles into a 13-token cycle

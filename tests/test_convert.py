@@ -18,12 +18,12 @@ from helpers_torch import (  # noqa: E402
     tiny_hf_qwen2,
     write_random_streams,
 )
-
 from mlx_specstream.convert.convert import convert  # noqa: E402
+
+from mlx_specstream.decoding.tree import TreeShape  # noqa: E402
 from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE, StreamArgs  # noqa: E402
-from mlx_specstream.model_io import normalise_config  # noqa: E402
+from mlx_specstream.loading.model_io import normalise_config  # noqa: E402
 from mlx_specstream.utils import load, load_model  # noqa: E402
-from mlx_specstream.tree import TreeShape  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -149,7 +149,7 @@ def test_mlx_lm_quantized_directory_decodes_losslessly(hf_dir, tmp_path, bits):
     import mlx_lm
 
     from mlx_specstream.generate import stream_generate
-    from mlx_specstream.precision import set_compute_dtype
+    from mlx_specstream.loading.precision import set_compute_dtype
 
     mlx_lm_convert = importlib.import_module("mlx_lm.convert").convert
     # mlx-lm 0.32 does not read transformers-5 ``rope_parameters`` (it would take

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
-
 from mlx_specstream.convert.convert import main
+
 from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE, StreamArgs
 from mlx_specstream.utils import build_model, save_model
 

@@ -10,9 +10,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlx_specstream.decoding.tree import TreeShape
 from mlx_specstream.errors import ModelFileError
-from mlx_specstream.model_io import load_model, normalise_config
-from mlx_specstream.tree import TreeShape
+from mlx_specstream.loading.model_io import load_model, normalise_config
 from mlx_specstream.utils import load
 
 PROMPT = [5, 9, 14, 20, 31, 7, 40, 22, 13, 3, 18]  # longer than the window (8)
@@ -22,11 +22,10 @@ def _greedy(model, tokenizer, prompt, n, **kw):
     from mlx_specstream.generate import stream_generate
 
     tokenizer.eos_token_ids = []
-    return [
-        t
-        for r in stream_generate(model, tokenizer, prompt, max_tokens=n, **kw)
-        for t in r.tokens
-    ]
+    rs = list(stream_generate(model, tokenizer, prompt, max_tokens=n, **kw))
+    # Speculative where asked for (a tree on a model without streams would be plain).
+    assert all(r.speculative is kw.get("speculative", True) for r in rs), kw
+    return [t for r in rs for t in r.tokens]
 
 
 def test_transformers_5_config_folds_for_mlx_lm():
@@ -90,10 +89,29 @@ def test_sparse_hub_multimodal_config_takes_gemma_defaults():
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from helpers_torch import tiny_hf_gemma3, tiny_hf_gemma3_multimodal  # noqa: E402
-
+from helpers_torch import (  # noqa: E402
+    tiny_hf_gemma3,
+    tiny_hf_gemma3_multimodal,
+    write_random_streams,
+)
 from mlx_specstream.convert.convert import convert  # noqa: E402
 from mlx_specstream.convert.errors import ConvertError  # noqa: E402
+
+from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE  # noqa: E402
+
+
+def _streams_beside(out):
+    """Random nonzero streams beside the directory ``out``, shaped for its text
+    model (a multimodal config's ``text_config``), so that trees draft."""
+    config = json.loads((out / "config.json").read_text())
+    shape = out.parent / f"{out.name}-streams"
+    shape.mkdir()
+    (shape / "config.json").write_text(
+        json.dumps({**config, **config.get("text_config", {})})
+    )
+    write_random_streams(shape)
+    for name in (STREAMS_FILE, SETTINGS_FILE):
+        shutil.copyfile(shape / name, out / name)
 
 
 def _hf_greedy(path, prompt, n, cls=None):
@@ -116,6 +134,7 @@ def test_hf_parity_needs_the_window(tmp_path):
     """Greedy parity with transformers holds with the window, and fails without it
     (so the family runner's parity test has power)."""
     path = tiny_hf_gemma3(tmp_path)
+    write_random_streams(path)  # nonzero streams: the tree drafts
     want = _hf_greedy(path, PROMPT, 24)
     model, tokenizer = load(path)
     assert _greedy(model, tokenizer, PROMPT, 24, speculative=False) == want
@@ -140,6 +159,7 @@ def test_multimodal_checkpoint_converts_to_its_text_model(tmp_path):
     assert config["model_type"] == "gemma3_text" and "vision_config" not in config
     names = set(mx.load(str(out / "model.safetensors")))
     assert not any("vision" in k or "projector" in k for k in names)
+    _streams_beside(out)
     model, tokenizer = load(out)
     assert _greedy(model, tokenizer, PROMPT, 20, speculative=False) == want
     assert _greedy(model, tokenizer, PROMPT, 20, tree=TreeShape(budget=8)) == want
@@ -216,6 +236,7 @@ def test_mlx_lm_quantized_directory(tmp_path, bits, multimodal):
     out = tmp_path / f"q{bits}"
     mlx_lm_convert(str(src), str(out), quantize=True, q_bits=bits, q_group_size=32)
     assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == bits
+    _streams_beside(out)  # mlx_lm.convert writes none
     lm, lm_tok = mlx_lm.load(str(out))
     want = [
         r.token
@@ -296,13 +317,13 @@ def test_training_runs_on_gemma(tmp_path):
     """The efficient lossless path (cached K/V, anchors past the window) equals the
     reference, and a short training run learns streams and leaves the base alone."""
     from helpers_torch import write_random_streams
-    from test_train import SMALL, _records
-
-    from mlx_specstream.format import StreamArgs
     from mlx_specstream.train import lossless
     from mlx_specstream.train.examples import Example
     from mlx_specstream.train.reference import StreamingReference
     from mlx_specstream.train.trainer import build_parser, train
+    from test_train import SMALL, _records
+
+    from mlx_specstream.format import StreamArgs
 
     path = tiny_hf_gemma3(tmp_path, num_hidden_layers=4)
     write_random_streams(
@@ -359,11 +380,9 @@ def test_training_runs_on_gemma(tmp_path):
 def test_final_logit_softcapping_as_transformers(tmp_path):
     """Gemma 3 leaves final_logit_softcapping unset; where a config sets it, logits
     (main, streams, float32 head) are capped as transformers caps them."""
-    from transformers import AutoModelForCausalLM
-
-    from mlx_specstream.train.reference import StreamingReference
-
     from helpers_torch import write_random_streams
+    from mlx_specstream.train.reference import StreamingReference
+    from transformers import AutoModelForCausalLM
 
     path = tiny_hf_gemma3(tmp_path, final_logit_softcapping=2.0)
     write_random_streams(path, scale=0.2)

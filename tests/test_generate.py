@@ -2,20 +2,22 @@
 """The key invariant: greedy Speculative Streaming output equals plain greedy output."""
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 import mlx.core as mx
+import numpy as np
 import pytest
-from conftest import tiny_hf_tokenizer, tiny_model, wrap
+from conftest import TINY, tiny_hf_tokenizer, tiny_model, wrap
 
-from mlx_specstream import decoder
-from mlx_specstream.decoder import STREAM_PASSES, speculative_generate_step
-from mlx_specstream.drafters import StreamDrafter, StreamTopK
+from mlx_specstream.decoding.decoder import STREAM_PASSES, speculative_generate_step
+from mlx_specstream.decoding.drafters import StreamDrafter, StreamTopK
+from mlx_specstream.decoding.tree import Tree, TreeShape
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import generate, stream_generate
-from mlx_specstream.models.cache import make_cache
-from mlx_specstream.tree import Tree, TreeShape
+from mlx_specstream.models import streaming
+from mlx_specstream.models.cache import make_prompt_cache
+from mlx_specstream.models.fast_ops import use_decode_path
 
 PROMPT = [5, 17, 33, 2, 61, 8, 40]
 
@@ -94,24 +96,109 @@ TREES = [
 ]
 
 
+V = TINY["vocab_size"]
+# Draft vocabularies the matrix turns through: the whole vocabulary, or k random ids.
+VOCABS = (None, 4, 24, V)
+DECODE_PATHS = ("cpu", "gpu")
+
+
+def subset(seed: int, k: int, exclude: Sequence[int] = ()) -> np.ndarray:
+    """``k`` random distinct ids of the tiny vocabulary, none of ``exclude``."""
+    allowed = np.setdiff1d(np.arange(V), np.asarray(exclude, int))
+    return np.random.default_rng(seed).permutation(allowed)[:k]
+
+
+@dataclass
+class Recording:
+    """A stream drafter that keeps every candidate token it was given."""
+
+    inner: StreamDrafter
+    seen: List[int] = field(default_factory=list)
+
+    @property
+    def top_k(self) -> int:
+        return self.inner.top_k
+
+    def draft(
+        self, root: int, streams: Optional[StreamTopK], history: Sequence[int]
+    ) -> Tree:
+        if streams is not None:
+            self.seen += streams.tokens.ravel().tolist()
+        return self.inner.draft(root, streams, history)
+
+
 @pytest.mark.parametrize(
     "shape",
     range(len(SHAPES)),
     ids=[f"{i}-{s.get('model_type', 'llama')}" for i, s in enumerate(SHAPES)],
 )
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_greedy_lossless_random_streams(tokenizer, shape, seed):
+def test_greedy_lossless_matrix(tokenizer, shape, seed):
+    """The losslessness matrix: every family x every tree x every stream pass, greedy
+    speculative output equal to plain greedy output token for token.
+
+    Each seed gives the family its own random model and one of the three stream
+    layouts. Along the trees (index i) three settings turn with j = seed + i: the
+    stream pass (j mod 3, so the three seeds give each tree each pass), the decode
+    path (j mod 2: both per tree) and the draft vocabulary (none, or 4, 24 or all 96
+    ids; three of the four per tree and each three times per family). The reference
+    is plain decoding on the cpu path; once per family the gpu path's plain output is
+    checked to be the same.
+    """
     model = tiny_model(seed, STREAMS[seed % len(STREAMS)], **SHAPES[shape])
-    plain, _ = run(model, tokenizer, max_tokens=48, speculative=False)
-    assert len(plain) >= 1
+    with use_decode_path("cpu"):
+        plain, prs = run(model, tokenizer, max_tokens=48, speculative=False)
+    assert len(plain) >= 1 and not any(r.speculative for r in prs)
+    if seed == 0:
+        with use_decode_path("gpu"):
+            assert run(model, tokenizer, max_tokens=48, speculative=False)[0] == plain
     for i, tree in enumerate(TREES):
-        pass_kind = STREAM_PASSES[(seed + i) % len(STREAM_PASSES)]
-        spec, rs = run(
-            model, tokenizer, max_tokens=48, tree=tree, stream_pass=pass_kind
-        )
-        assert spec == plain, (tree, pass_kind)
+        j = seed + i
+        pass_kind = STREAM_PASSES[j % len(STREAM_PASSES)]
+        path = DECODE_PATHS[j % len(DECODE_PATHS)]
+        k = VOCABS[(j + shape) % len(VOCABS)]
+        where = (tree, pass_kind, path, k)
+        with use_decode_path(path):
+            if k is None:
+                model.set_draft_vocab(None)
+                spec, rs = run(
+                    model, tokenizer, max_tokens=48, tree=tree, stream_pass=pass_kind
+                )
+            else:
+                model.set_draft_vocab(subset(shape, k))
+                drafter = Recording(StreamDrafter(tree))
+                spec, rs = run(
+                    model,
+                    tokenizer,
+                    max_tokens=48,
+                    drafter=drafter,
+                    stream_pass=pass_kind,
+                )
+                # Drafts come from the subset only.
+                assert drafter.seen, where
+                assert set(drafter.seen) <= set(model.draft_vocab.tolist()), where
+        assert spec == plain, where
+        assert all(r.speculative for r in rs), where
         # EOS, when reached, is produced by a pass but not output.
-        assert rs[-1].forward_calls <= len(spec) + 1
+        assert rs[-1].forward_calls <= len(spec) + 1, where
+
+
+def test_responses_say_whether_the_call_speculates(tokenizer):
+    """Without a tree (and no calibration: a tiny model has none) decoding is plain
+    and every response says so; a tree, prompt lookup or a drafter speculates."""
+    model = tiny_model(0)
+    kinds = {
+        "default": dict(),
+        "plain": dict(speculative=False),
+        "tree": dict(tree=TreeShape(budget=8)),
+        "lookup": dict(prompt_lookup=True),
+        "drafter": dict(drafter=StreamDrafter(TreeShape("cartesian", (2, 1)))),
+    }
+    out = {}
+    for name, kw in kinds.items():
+        out[name], rs = run(model, tokenizer, max_tokens=12, **kw)
+        assert rs and {r.speculative for r in rs} == {name not in ("default", "plain")}
+    assert all(tokens == out["plain"] for tokens in out.values())
 
 
 @pytest.mark.parametrize("threshold", [0.01, 0.2, 0.9])
@@ -193,12 +280,10 @@ def test_likely_stream_pass_drafts_as_the_others(tokenizer, seed, monkeypatch):
     pass gives, and a node outside them falls back to that pass."""
     model = tiny_model(seed, STREAMS[seed % len(STREAMS)])
     plain, _ = run(model, tokenizer, max_tokens=40, speculative=False)
-    after_pass = decoder._streams_after_compaction
+    after_pass = streaming.node_streams
     calls = []
     monkeypatch.setattr(
-        decoder,
-        "_streams_after_compaction",
-        lambda *a: calls.append(1) or after_pass(*a),
+        streaming, "node_streams", lambda *a: calls.append(1) or after_pass(*a)
     )
     trees, fallbacks = {}, {}
     for sp in STREAM_PASSES:
@@ -233,7 +318,7 @@ def test_likely_anchors_are_the_heaviest_nodes():
 
 def test_cache_offset_equals_tokens_kept():
     model = tiny_model(5)
-    cache = make_cache(model)
+    cache = make_prompt_cache(model)
     steps = speculative_generate_step(
         PROMPT, model, StreamDrafter(TreeShape(budget=8)), prompt_cache=cache
     )
@@ -262,9 +347,12 @@ def test_max_tokens_exact(max_tokens):
     tokenizer = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
     model = tiny_model(2)
     plain, _ = run(model, tokenizer, max_tokens=40, speculative=False)
-    for drafter in (None, OracleDrafter(plain, len(PROMPT), 4)):
-        spec, rs = run(model, tokenizer, max_tokens=max_tokens, drafter=drafter)
-        assert spec == plain[:max_tokens]
+    for kw in (
+        dict(tree=TreeShape(budget=8)),
+        dict(drafter=OracleDrafter(plain, len(PROMPT), 4)),
+    ):
+        spec, rs = run(model, tokenizer, max_tokens=max_tokens, **kw)
+        assert spec == plain[:max_tokens] and all(r.speculative for r in rs)
         assert (
             rs[-1].generation_tokens == max_tokens and rs[-1].finish_reason == "length"
         )
@@ -272,7 +360,7 @@ def test_max_tokens_exact(max_tokens):
 
 def test_string_prompt_and_generate(tokenizer):
     model = tiny_model(0)
-    text = generate(model, tokenizer, "t5 t17 t33", max_tokens=10)
+    text = generate(model, tokenizer, "t5 t17 t33", max_tokens=10, tree=TreeShape())
     plain = generate(model, tokenizer, [5, 17, 33], max_tokens=10, speculative=False)
     assert text == plain and text.strip().startswith("t")
 
@@ -281,8 +369,9 @@ def test_float16_model_decodes(tokenizer):
     model = tiny_model(0)
     model.set_dtype(mx.float16)
     plain, _ = run(model, tokenizer, max_tokens=12, speculative=False)
-    spec, _ = run(model, tokenizer, max_tokens=12)
+    spec, rs = run(model, tokenizer, max_tokens=12, tree=TreeShape(budget=8))
     assert len(spec) == 12 and spec[:4] == plain[:4]
+    assert all(r.speculative for r in rs)
 
 
 @pytest.mark.parametrize(
@@ -316,7 +405,7 @@ def test_bad_input_gives_clear_errors(tokenizer, kwargs, message):
 
 
 def test_prompt_lookup_drafts_copy_the_prompt_and_stay_lossless():
-    from mlx_specstream.drafters import PromptLookupDrafter
+    from mlx_specstream.decoding.drafters import PromptLookupDrafter
 
     lookup = PromptLookupDrafter(max_ngram=2, length=3)
     assert lookup.paths([1, 2, 3, 4, 5, 9, 2, 3]) == [(4, 5, 9)]

@@ -1,7 +1,7 @@
 # Copyright © 2026 mlx-specstream authors. Apache-2.0.
 """GGUF -> MLX: weights, Q/K permutation, config, tokenizer, registry, errors.
 
-Tiny GGUF files are written here with ``gguf.GGUFWriter`` the way llama.cpp's
+Tiny GGUF files are written here (with ``helpers_gguf``'s writer) the way llama.cpp's
 ``convert_hf_to_gguf.py`` writes Llama models (Q/K rows permuted for interleaved
 RoPE, norms in F32, byte-level BPE vocabulary in the metadata).
 """
@@ -19,47 +19,23 @@ from mlx.utils import tree_flatten
 
 gguf = pytest.importorskip("gguf")
 
+from helpers_gguf import (  # noqa: E402
+    Q,
+    byte_alphabet,
+    encode,
+    gguf_name,
+    hparams,
+    write_gguf_file,
+)
 from mlx_specstream.convert.convert import convert, main  # noqa: E402
-from mlx_specstream import registry  # noqa: E402
+
 from mlx_specstream.format import SETTINGS_FILE, StreamArgs  # noqa: E402
+from mlx_specstream.loading import registry  # noqa: E402
 from mlx_specstream.utils import build_model, load_model, save_model  # noqa: E402
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MERGES = ["Ġ t", "h e", "Ġt he", "i s", "Ġ is"]
 CHAT = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
-GGUF_NAMES = {
-    v: k
-    for k, v in {
-        "token_embd.weight": "model.embed_tokens.weight",
-        "output_norm.weight": "model.norm.weight",
-        "output.weight": "lm_head.weight",
-    }.items()
-}
-LAYER = {
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
-
-
-def byte_alphabet():
-    """GPT-2's byte -> printable character table."""
-    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs))]
-
-
 TOKENS = SPECIALS + byte_alphabet() + [m.replace(" ", "") for m in MERGES]
 CONFIG = dict(
     model_type="llama",
@@ -75,13 +51,6 @@ CONFIG = dict(
     max_position_embeddings=256,
     tie_word_embeddings=False,
 )
-
-
-def _gguf_name(name: str) -> str:
-    if name in GGUF_NAMES:
-        return GGUF_NAMES[name]
-    _, _, i, *mod, kind = name.split(".")
-    return f"blk.{i}.{LAYER['.'.join(mod)]}.{kind}"
 
 
 def permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -122,63 +91,41 @@ def write_gguf(
     extra=None,
 ):
     """Write a llama.cpp-style GGUF file; return, per HF name, what it stores (dequantized, unpermuted)."""
-    Q = gguf.GGMLQuantizationType
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(config["num_hidden_layers"])
-    w.add_context_length(config["max_position_embeddings"])
-    w.add_embedding_length(config["hidden_size"])
-    w.add_feed_forward_length(config["intermediate_size"])
-    w.add_head_count(config["num_attention_heads"])
-    w.add_head_count_kv(config["num_key_value_heads"])
-    w.add_rope_dimension_count(config["head_dim"])
-    w.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    w.add_rope_freq_base(config["rope_theta"])
-    w.add_vocab_size(config["vocab_size"])
-    w.add_tokenizer_model(tokenizer)
-    w.add_tokenizer_pre("smollm")
-    w.add_token_list(TOKENS)
-    w.add_token_types([3 if t in SPECIALS else 1 for t in TOKENS])
-    w.add_token_merges(MERGES)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_pad_token_id(2)
-    w.add_add_bos_token(False)
-    w.add_chat_template(CHAT)
+    meta = dict(
+        hparams(config),
+        rope_dimension_count=config["head_dim"],
+        vocab_size=config["vocab_size"],
+        tokenizer_model=tokenizer,
+        tokenizer_pre="smollm",
+        token_list=TOKENS,
+        token_types=[3 if t in SPECIALS else 1 for t in TOKENS],
+        token_merges=MERGES,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        add_bos_token=False,
+        chat_template=CHAT,
+    )
+    tensors = [(name, v, None) for name, v in (extra or {}).items()]
     stored = {}
-    for name, v in (extra or {}).items():
-        w.add_tensor(name, v)
     for name, v in weights.items():
         n = (
             config["num_key_value_heads"]
             if "k_proj" in name
             else config["num_attention_heads"]
         )
-        v = permute(v, n) if ("q_proj" in name or "k_proj" in name) else v
-        if v.ndim == 1 or qtype == "F32":
-            data, q = v.astype(np.float32), Q.F32
-        elif qtype == "F16":
-            data, q = v.astype(np.float16), Q.F16
-        else:
-            q = getattr(Q, qtype)
-            data = gguf.quants.quantize(v, q)
-        w.add_tensor(
-            _gguf_name(name),
-            data,
-            raw_dtype=q if qtype not in ("F32", "F16") and v.ndim > 1 else None,
+        qk = "q_proj" in name or "k_proj" in name
+        tensor, back = encode(
+            gguf_name(name), permute(v, n) if qk else v, getattr(Q, qtype)
         )
-        back = gguf.quants.dequantize(data, q).reshape(v.shape).astype(np.float32)
-        stored[name] = (
-            permute_back(back, n) if ("q_proj" in name or "k_proj" in name) else back
-        )
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        tensors.append(tensor)
+        stored[name] = permute_back(back, n) if qk else back
+    write_gguf_file(path, arch, meta, tensors)
     return stored
 
 
 def permute_back(w, n_head):
-    # Inverse of ``permute``, written independently of mlx_specstream.gguf.unpermute.
+    # Inverse of ``permute``, written independently of mlx_specstream.loading.gguf.unpermute.
     d = w.shape[0] // n_head
     return (
         w.reshape(n_head, d // 2, 2, *w.shape[1:])
@@ -213,7 +160,7 @@ def test_metadata_without_contents_api(tmp_path, weights):
     """gguf < 0.16 fields have no ``contents()``; the fallback reads the same values."""
     from collections import namedtuple
 
-    from mlx_specstream.gguf import _value
+    from mlx_specstream.loading.gguf import _value
 
     write_gguf(tmp_path / "m.gguf", weights)
     fields = gguf.GGUFReader(str(tmp_path / "m.gguf")).fields
@@ -374,7 +321,7 @@ def test_gguf_path_needs_no_torch(tmp_path, weights):
             (view / p.name).symlink_to(p)
     write_gguf(tmp_path / "m.gguf", weights, qtype="Q8_0")
     code = (
-        "import sys; from mlx_specstream.gguf import gguf_to_mlx; "
+        "import sys; from mlx_specstream.loading.gguf import gguf_to_mlx; "
         f"gguf_to_mlx({str(tmp_path / 'm.gguf')!r}, {str(tmp_path / 'out')!r}); "
         "import importlib.util as u; assert u.find_spec('torch') is None; "
         "assert 'torch' not in sys.modules; "

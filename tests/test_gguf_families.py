@@ -19,28 +19,23 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-gguf = pytest.importorskip("gguf")
+pytest.importorskip("gguf")  # helpers_gguf writes the files
 
+from helpers_gguf import (  # noqa: E402
+    Q,
+    byte_alphabet,
+    encode,
+    gguf_name,
+    hparams,
+    write_gguf_file,
+)
+
+from mlx_specstream.decoding.tree import TreeShape  # noqa: E402
 from mlx_specstream.errors import ModelFileError  # noqa: E402
-from mlx_specstream.gguf import build_config, gguf_to_mlx  # noqa: E402
+from mlx_specstream.loading.gguf import build_config, gguf_to_mlx  # noqa: E402
 from mlx_specstream.utils import load  # noqa: E402
 
-Q = gguf.GGMLQuantizationType
-
 # --- vocabularies -------------------------------------------------------------------
-
-
-def byte_alphabet():
-    """GPT-2's byte -> printable character table."""
-    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs))]
-
 
 # Qwen: byte-level BPE, pre-tokenizer "qwen2" (digits split one by one, so the "2 0"
 # merge never applies, where GPT-2's split would use it).
@@ -112,27 +107,6 @@ FAMILIES = {
 # What transformers' GGUF loader reads to a different model: phi3 without partial
 # rotary, LongRoPE and sliding window.
 NOT_READ_BY_TRANSFORMERS = ("phi3", "phi3-window")
-# Hugging Face -> llama.cpp, written independently of mlx_specstream.gguf
-GLOBAL = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
-LAYER = {
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.qkv_proj": "attn_qkv",
-    "self_attn.q_norm": "attn_q_norm",
-    "self_attn.k_norm": "attn_k_norm",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.gate_up_proj": "ffn_up",  # llama.cpp's phi3: gate rows, then up rows
-    "mlp.down_proj": "ffn_down",
-}
 # A mixed file: Q8_0 projections and embedding, an F16 output projection, F32 the
 # rest (norms, biases, an untied head).
 QTYPES = {
@@ -141,13 +115,6 @@ QTYPES = {
     "mlp": Q.Q8_0,
     "embed_tokens": Q.Q8_0,
 }
-
-
-def _gguf_name(name: str) -> str:
-    if name in GLOBAL:
-        return GLOBAL[name]
-    _, _, i, *mod, kind = name.split(".")
-    return f"blk.{i}.{LAYER['.'.join(mod)]}.{kind}"
 
 
 def _rope(config):
@@ -171,72 +138,55 @@ def write_llamacpp_gguf(path: Path, hf_dir: Path, arch: str):
     c = json.loads((hf_dir / "config.json").read_text())
     weights = load_file(str(hf_dir / "model.safetensors"))
     theta, scaling = _rope(c)
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_context_length(c["max_position_embeddings"])
-    w.add_embedding_length(c["hidden_size"])
-    w.add_block_count(c["num_hidden_layers"])
-    w.add_feed_forward_length(c["intermediate_size"])
-    w.add_head_count(c["num_attention_heads"])
-    w.add_head_count_kv(c["num_key_value_heads"])
-    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
-    w.add_rope_freq_base(theta)
+    meta = hparams(c, rope_theta=theta)
     if c.get("head_dim") is not None:  # TextModel writes it where config has it
-        w.add_key_length(c["head_dim"])
-        w.add_value_length(c["head_dim"])
-    w.add_bos_token_id(_bos(arch, c))
-    w.add_eos_token_id(c["eos_token_id"])
+        meta.update(key_length=c["head_dim"], value_length=c["head_dim"])
+    meta.update(bos_token_id=_bos(arch, c), eos_token_id=c["eos_token_id"])
+    tensors = []
     if arch == "phi3":  # Phi3MiniModel.set_gguf_parameters / generate_extra_tensors
         n_embd, n_head = c["hidden_size"], c["num_attention_heads"]
         rope_dims = int(c.get("partial_rotary_factor", 1.0) * n_embd) // n_head
-        w.add_rope_dimension_count(rope_dims)
-        w.add_rope_scaling_orig_ctx_len(c["original_max_position_embeddings"])
-        w.add_sliding_window(c.get("sliding_window") or 0)
+        meta.update(
+            rope_dimension_count=rope_dims,
+            rope_scaling_orig_ctx_len=c["original_max_position_embeddings"],
+            sliding_window=c.get("sliding_window") or 0,
+        )
         if scaling is not None:
             s = c["max_position_embeddings"] / c["original_max_position_embeddings"]
             orig = c["original_max_position_embeddings"]
-            w.add_rope_scaling_attn_factors(
+            meta["rope_scaling_attn_factors"] = (
                 np.sqrt(1 + np.log(s) / np.log(orig)) if s > 1 else 1.0
             )
             for key in ("long_factor", "short_factor"):
-                w.add_tensor(
-                    f"rope_factors_{key.split('_')[0]}.weight",
-                    np.array(scaling[key], np.float32),
-                )
-        w.add_tokenizer_model("llama")
-        w.add_tokenizer_pre("default")
-        w.add_token_list(PHI_TOKENS)
-        w.add_token_scores(PHI_SCORES)
-        w.add_token_types(PHI_TYPES)
-        w.add_unk_token_id(0)
-        w.add_add_bos_token(True)
+                name = f"rope_factors_{key.split('_')[0]}.weight"
+                tensors.append(encode(name, np.array(scaling[key], np.float32))[0])
+        meta.update(
+            tokenizer_model="llama",
+            tokenizer_pre="default",
+            token_list=PHI_TOKENS,
+            token_scores=PHI_SCORES,
+            token_types=PHI_TYPES,
+            unk_token_id=0,
+            add_bos_token=True,
+        )
     else:
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("qwen2")
-        w.add_token_list(QWEN_TOKENS)
-        w.add_token_types(QWEN_TYPES)
-        w.add_token_merges(QWEN_MERGES)
-        w.add_add_bos_token(False)
-    w.add_pad_token_id(c["pad_token_id"])
+        meta.update(
+            tokenizer_model="gpt2",
+            tokenizer_pre="qwen2",
+            token_list=QWEN_TOKENS,
+            token_types=QWEN_TYPES,
+            token_merges=QWEN_MERGES,
+            add_bos_token=False,
+        )
+    meta["pad_token_id"] = c["pad_token_id"]
     stored = {}
     for name, v in weights.items():
         if name == "lm_head.weight" and c["tie_word_embeddings"]:
             continue  # llama.cpp writes no output.weight for a tied head
         q = next((t for k, t in QTYPES.items() if k in name), Q.F32)
-        if v.ndim == 1 or q == Q.F32:
-            data, q = v.astype(np.float32), Q.F32
-        elif q == Q.F16:
-            data = v.astype(np.float16)
-        else:
-            data = gguf.quants.quantize(v, q)
-        w.add_tensor(
-            _gguf_name(name), data, raw_dtype=q if q not in (Q.F32, Q.F16) else None
-        )
-        back = gguf.quants.dequantize(data, q).reshape(v.shape)
-        stored[name] = back.astype(np.float32)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        tensor, stored[name] = encode(gguf_name(name), v, q)
+        tensors.append(tensor)
+    write_gguf_file(path, arch, meta, tensors)
     return stored
 
 
@@ -316,23 +266,19 @@ def _greedy_hf(model, ids, n):
     return out[len(ids) :]
 
 
-def _ours(out, ids, n, speculative, prompt_lookup=False):
+def _ours(out, ids, n, **kwargs):
+    """Our greedy tokens (``kwargs`` to ``stream_generate``), the tokenizer and model,
+    how many of the tokens were accepted drafts, and whether the call speculated."""
     from mlx_specstream.generate import stream_generate
 
     model, tokenizer = load(out)
-    tokens, drafted = [], 0
-    for r in stream_generate(
-        model,
-        tokenizer,
-        ids,
-        max_tokens=n,
-        temp=0.0,
-        speculative=speculative,
-        prompt_lookup=prompt_lookup,
-    ):
+    tokens, drafted, speculated = [], 0, set()
+    for r in stream_generate(model, tokenizer, ids, max_tokens=n, temp=0.0, **kwargs):
         tokens += r.tokens
         drafted += r.from_draft
-    return tokens, tokenizer, model, drafted
+        speculated.add(r.speculative)
+    assert len(speculated) == 1  # one answer for the whole call
+    return tokens, tokenizer, model, drafted, speculated.pop()
 
 
 @pytest.mark.torch
@@ -353,7 +299,8 @@ def test_greedy_matches_source_and_transformers_gguf(family):
     n = 16
     ids = [1] + [int(i) for i in np.random.default_rng(1).integers(5, 90, 11)]
     want = _greedy_hf(src, ids, n)
-    plain, tokenizer, model, _ = _ours(out, ids, n, speculative=False)
+    plain, tokenizer, model, _, speculated = _ours(out, ids, n, speculative=False)
+    assert not speculated
     k = len(plain)  # fewer than n only where greedy decoding reached EOS
     assert k > 0 and plain == want[:k], name
     assert k == n or want[k] in tokenizer.eos_token_ids
@@ -362,13 +309,18 @@ def test_greedy_matches_source_and_transformers_gguf(family):
         want_logits = src(torch.tensor([ids])).logits[0].numpy()
     got = np.array(model(mx.array([ids]))[0])
     np.testing.assert_allclose(got, want_logits, atol=1e-4, rtol=1e-4)
-    spec, _, model, drafted = _ours(out, ids, n, speculative=True)
-    assert model.has_streams and spec == plain, name
+    # An explicit tree: without one (and no calibration) decoding would be plain.
+    for tree, stream_pass in ((TreeShape(budget=8), "accepted"), (TreeShape(), "tree")):
+        spec, _, _, _, speculated = _ours(
+            out, ids, n, tree=tree, stream_pass=stream_pass
+        )
+        assert speculated, (name, tree)  # the streams were loaded and draft
+        assert spec == plain, (name, tree, stream_pass)
     # Prompt lookup over a prompt that holds the continuation: drafts get accepted.
     lookup_ids = ids + plain + ids
     lookup_plain = _ours(out, lookup_ids, n, speculative=False)[0]
-    lookup, _, _, drafted = _ours(out, lookup_ids, n, True, prompt_lookup=True)
-    assert lookup == lookup_plain and drafted > 0, (name, drafted)
+    lookup, _, _, drafted, speculated = _ours(out, lookup_ids, n, prompt_lookup=True)
+    assert speculated and lookup == lookup_plain and drafted > 0, (name, drafted)
     if name in NOT_READ_BY_TRANSFORMERS:
         return
     # transformers' qwen3 GGUF mapping ignores attention.key_length (Qwen3Config's

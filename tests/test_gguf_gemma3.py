@@ -19,12 +19,24 @@ from mlx.utils import tree_flatten
 
 gguf = pytest.importorskip("gguf")
 
-from mlx_specstream import registry  # noqa: E402
+from helpers_gguf import (  # noqa: E402
+    GEMMA3_LAYER,
+    Q,
+    encode,
+    gguf_name,
+    hparams,
+    write_gguf_file,
+)
+
 from mlx_specstream.errors import ModelFileError  # noqa: E402
-from mlx_specstream.gguf import build_config, gguf_to_mlx, read_gguf  # noqa: E402
+from mlx_specstream.loading import registry  # noqa: E402
+from mlx_specstream.loading.gguf import (
+    build_config,
+    gguf_to_mlx,
+    read_gguf,
+)  # noqa: E402
 from mlx_specstream.utils import build_model, load, load_model  # noqa: E402
 
-Q = gguf.GGMLQuantizationType
 CONTROL = [
     "<pad>",
     "<eos>",
@@ -60,21 +72,6 @@ CONFIG = dict(
     max_position_embeddings=256,
     tie_word_embeddings=True,
 )
-LAYER = {  # Hugging Face -> llama.cpp, written independently of mlx_specstream.gguf
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "post_attention_norm",
-    "pre_feedforward_layernorm": "ffn_norm",
-    "post_feedforward_layernorm": "post_ffw_norm",
-    "self_attn.q_norm": "attn_q_norm",
-    "self_attn.k_norm": "attn_k_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
 # A mix like Q4_K_M's: K-quants where llama.cpp puts them, legacy quants elsewhere.
 QTYPES = {
     "self_attn.o_proj": Q.Q4_K,
@@ -86,15 +83,6 @@ QTYPES = {
     "mlp.up_proj": Q.Q8_0,
     "embed_tokens": Q.Q8_0,
 }
-
-
-def _gguf_name(name: str) -> str:
-    if name == "model.embed_tokens.weight":
-        return "token_embd.weight"
-    if name == "model.norm.weight":
-        return "output_norm.weight"
-    _, _, i, *mod, kind = name.split(".")
-    return f"blk.{i}.{LAYER['.'.join(mod)]}.{kind}"
 
 
 def random_kquant(shape, qtype, rng) -> np.ndarray:
@@ -133,56 +121,40 @@ def hf_weights(seed=0):
 
 
 def write_gemma3_gguf(path: Path, weights, extra_meta=None, seed=0):
-    """A llama.cpp-style Gemma 3 GGUF; returns what it stores per HF name
-    (dequantized, norms back at w)."""
+    """A llama.cpp-style Gemma 3 GGUF (``extra_meta``: more ``write_gguf_file``
+    metadata); returns what it stores per HF name (dequantized, norms back at w)."""
     rng = np.random.default_rng(seed)
     c = CONFIG
-    w = gguf.GGUFWriter(str(path), "gemma3")
-    w.add_context_length(c["max_position_embeddings"])
-    w.add_embedding_length(c["hidden_size"])
-    w.add_block_count(c["num_hidden_layers"])
-    w.add_feed_forward_length(c["intermediate_size"])
-    w.add_head_count(c["num_attention_heads"])
-    w.add_head_count_kv(c["num_key_value_heads"])
-    w.add_key_length(c["head_dim"])
-    w.add_value_length(c["head_dim"])
-    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
-    w.add_rope_freq_base(c["rope_theta"])
-    w.add_sliding_window(c["sliding_window"])
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(TOKENS)
-    w.add_token_scores([-float(i) for i in range(len(TOKENS))])
-    w.add_token_types(TYPES)
-    w.add_bos_token_id(2)
-    w.add_eos_token_id(1)
-    w.add_unk_token_id(3)
-    w.add_pad_token_id(0)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
-    for key, value in (extra_meta or {}).items():
-        getattr(w, key)(value)
-    stored = {}
+    meta = dict(
+        hparams(c),
+        key_length=c["head_dim"],
+        value_length=c["head_dim"],
+        sliding_window=c["sliding_window"],
+        tokenizer_model="llama",
+        tokenizer_pre="default",
+        token_list=TOKENS,
+        token_scores=[-float(i) for i in range(len(TOKENS))],
+        token_types=TYPES,
+        bos_token_id=2,
+        eos_token_id=1,
+        unk_token_id=3,
+        pad_token_id=0,
+        add_bos_token=True,
+        add_eos_token=False,
+    )
+    meta.update(extra_meta or {})
+    tensors, stored = [], {}
     for name, v in weights.items():
+        gname = gguf_name(name, GEMMA3_LAYER)
         if "norm" in name:  # llama.cpp's Gemma converter: stored = w + 1
-            data = (v + 1).astype(np.float32)
-            stored[name] = data - np.float32(1)
-            w.add_tensor(_gguf_name(name), data)
-            continue
-        q = next(t for k, t in QTYPES.items() if k in name)
-        data = (
-            random_kquant(v.shape, q, rng)
-            if q in (Q.Q4_K, Q.Q6_K)
-            else gguf.quants.quantize(v, q)
-        )
-        w.add_tensor(_gguf_name(name), data, raw_dtype=q)
-        stored[name] = (
-            gguf.quants.dequantize(data, q).reshape(v.shape).astype(np.float32)
-        )
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+            tensor, back = encode(gname, v + 1)
+            stored[name] = back - np.float32(1)
+        else:
+            q = next(t for k, t in QTYPES.items() if k in name)
+            data = random_kquant(v.shape, q, rng) if q in (Q.Q4_K, Q.Q6_K) else None
+            tensor, stored[name] = encode(gname, v, q, data)
+        tensors.append(tensor)
+    write_gguf_file(path, "gemma3", meta, tensors)
     return stored
 
 
@@ -284,12 +256,7 @@ def test_unsupported_architecture_one_line(tmp_path, capsys):
     """An architecture we do not serve: one line naming file and architecture."""
     from mlx_specstream.convert.convert import main
 
-    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "mamba")
-    w.add_block_count(1)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_gguf_file(tmp_path / "m.gguf", "mamba", {"block_count": 1})
     with pytest.raises(SystemExit):
         main(
             [
@@ -438,11 +405,13 @@ def test_gemma3_greedy_matches_transformers(gemma, monkeypatch):
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mlx_specstream.decoding.state import state_of
     from mlx_specstream.generate import stream_generate
 
     monkeypatch.setenv("GEMMA3_270M_GGUF", str(gemma))
     model, tokenizer = load("gemma3-270m")
-    assert not model.has_streams  # none shipped: drafting is prompt lookup only
+    # None shipped: drafting is prompt lookup only.
+    assert not state_of(model).has_streams
     hf_tok = AutoTokenizer.from_pretrained(gemma.parent, gguf_file=gemma.name)
     hf = AutoModelForCausalLM.from_pretrained(
         gemma.parent, gguf_file=gemma.name, dtype=torch.float32
@@ -469,6 +438,7 @@ def test_gemma3_greedy_matches_transformers(gemma, monkeypatch):
             ):
                 got += r.tokens
                 drafted += lookup and r.from_draft
+                assert r.speculative is lookup
             assert got == want, (text, lookup)
         assert hf_tok.decode(want) == tokenizer.decode(want)
     assert drafted > 0  # lookup did draft (and was verified to the same tokens)

@@ -1,15 +1,16 @@
 # Copyright © 2026 mlx-specstream authors. Apache-2.0.
-"""Plain greedy decoding of a Hugging Face directory equals transformers' generate."""
+"""Greedy decoding of a Hugging Face directory, plain and speculative (random streams
+beside it, an explicit tree), equals transformers' generate."""
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers_torch import HF_FAMILIES  # noqa: E402
+from helpers_torch import HF_FAMILIES, write_random_streams  # noqa: E402
 
+from mlx_specstream.decoding.tree import TreeShape  # noqa: E402
 from mlx_specstream.generate import stream_generate  # noqa: E402
 from mlx_specstream.utils import load  # noqa: E402
-from mlx_specstream.tree import TreeShape  # noqa: E402
 
 PROMPT = [5, 9, 14, 20, 31]
 
@@ -21,6 +22,9 @@ def test_plain_and_speculative_greedy_equal_transformers(tmp_path, family, seed)
     from transformers import AutoModelForCausalLM
 
     path = HF_FAMILIES[family](tmp_path, seed=seed)
+    # Nonzero streams: without them (and with no calibration) decoding is plain even
+    # with a tree.
+    write_random_streams(path, seed=seed)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     with torch.no_grad():
         ref = hf.generate(
@@ -34,9 +38,8 @@ def test_plain_and_speculative_greedy_equal_transformers(tmp_path, family, seed)
     model, tokenizer = load(path)
     tokenizer.eos_token_ids = []  # compare full length, as min_new_tokens does
     for speculative in (False, True):
-        out = [
-            t
-            for r in stream_generate(
+        rs = list(
+            stream_generate(
                 model,
                 tokenizer,
                 PROMPT,
@@ -44,6 +47,6 @@ def test_plain_and_speculative_greedy_equal_transformers(tmp_path, family, seed)
                 speculative=speculative,
                 tree=TreeShape(budget=8),
             )
-            for t in r.tokens
-        ]
-        assert out == ref
+        )
+        assert all(r.speculative is speculative for r in rs)
+        assert [t for r in rs for t in r.tokens] == ref, speculative

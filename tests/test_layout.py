@@ -12,12 +12,16 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_config, tiny_hf_tokenizer, tiny_model
+
 from mlx_specstream.utils import save_model
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_RUNTIME = ("mlx_specstream.convert", "mlx_specstream.train", "mlx_specstream.benchmarks")
+NOT_RUNTIME = (
+    "mlx_specstream.convert",
+    "mlx_specstream.train",
+    "mlx_specstream.benchmarks",
+)
 
 
 def test_import_graph_has_no_cycles_and_runs_one_way():
@@ -42,7 +46,10 @@ def test_import_check_finds_a_cycle_and_a_wrong_way_import(tmp_path, monkeypatch
     monkeypatch.setitem(check["problems"].__globals__, "ROOT", tmp_path)
     found = check["problems"]()
     assert any("import cycle: mlx_specstream.a -> mlx_specstream.b" in p for p in found)
-    assert any("runtime module mlx_specstream.c imports mlx_specstream.train" in p for p in found)
+    assert any(
+        "runtime module mlx_specstream.c imports mlx_specstream.train" in p
+        for p in found
+    )
     assert any("the runtime imports torch" in p for p in found)
 
 
@@ -63,7 +70,9 @@ def test_import_check_finds_private_names_and_a_floor_broken(tmp_path, monkeypat
         "from .decoding import tree\nfrom .decoding.tree import _hidden\n"
         "x = tree._hidden\n"
     )
-    (pkg / "decoding" / "decoder.py").write_text("from . import tree\ny = tree._hidden\n")
+    (pkg / "decoding" / "decoder.py").write_text(
+        "from . import tree\ny = tree._hidden\n"
+    )
     monkeypatch.setitem(check["problems"].__globals__, "ROOT", tmp_path)
     found = check["problems"]()
     assert any(
@@ -77,9 +86,21 @@ def test_import_check_finds_private_names_and_a_floor_broken(tmp_path, monkeypat
 
 def test_wheel_has_no_top_level_convert_or_train(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-         "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = tmp_path.glob("mlx_specstream-*.whl")
@@ -123,7 +144,10 @@ def test_runtime_loads_and_generates_without_torch_converter_or_trainers(tmp_pat
     tiny_hf_tokenizer().save_pretrained(tmp_path / "m")
     r = subprocess.run(
         [sys.executable, "-S", "-c", GENERATE, str(tmp_path / "m"), "t5 t6 t7"],
-        env=_without_torch(tmp_path), capture_output=True, text=True, timeout=300,
+        env=_without_torch(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0 and r.stdout.split()[0] == "ok", r.stderr[-2000:]
 
@@ -134,6 +158,9 @@ def test_default_model_without_torch_converter_or_trainers(tmp_path):
     by ``.ci/run``), loads and generates through the runtime alone."""
     r = subprocess.run(
         [sys.executable, "-S", "-c", GENERATE, "smollm2-135m-instruct", "Hello"],
-        env=_without_torch(tmp_path), capture_output=True, text=True, timeout=600,
+        env=_without_torch(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert r.returncode == 0 and r.stdout.split()[0] == "ok", r.stderr[-2000:]

@@ -26,12 +26,12 @@ from test_sampling import (
     two_token_laws,
 )
 
-from mlx_specstream.decoder import plain_generate_step
-from mlx_specstream.verify import TreeVerifier
+from mlx_specstream.decoding.decoder import plain_generate_step
+from mlx_specstream.decoding.tree import TreeShape
+from mlx_specstream.decoding.verify import TreeVerifier
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.sample_utils import SamplingArgs, target_logprobs
-from mlx_specstream.tree import TreeShape
 
 N_PROMPTS, MAX_TOKENS = 16, 24
 # Sequences. The counts are deterministic on one machine, but which near-ties a

@@ -12,19 +12,19 @@ import pytest
 from conftest import tiny_hf_tokenizer, tiny_model, wrap
 from mlx.utils import tree_flatten
 
-from mlx_specstream.drafters import StreamDrafter
-from mlx_specstream.errors import ModelFileError
-from mlx_specstream.generate import stream_generate
-from mlx_specstream.medusa import (
+from mlx_specstream.decoding.drafters import StreamDrafter
+from mlx_specstream.decoding.medusa import (
     MEDUSA_CONFIG,
     MEDUSA_WEIGHTS,
     MedusaDrafter,
     MedusaHeads,
     load_medusa,
 )
+from mlx_specstream.decoding.tree import TreeShape
+from mlx_specstream.errors import ModelFileError
+from mlx_specstream.generate import stream_generate
 from mlx_specstream.models.cache import make_prompt_cache
 from mlx_specstream.models.msa import Rows
-from mlx_specstream.tree import TreeShape
 
 PROMPT = [5, 17, 33, 2, 61, 8, 40]
 TREES = [
@@ -61,7 +61,11 @@ def raw_hidden(model, tokens: List[int]) -> mx.array:
     """(T, h) last-layer hidden states of a plain causal pass (before the final norm)."""
     rows = Rows.causal(len(tokens), 0, model.streams)
     return model.run_layers(
-        model.embed(mx.array(tokens)), rows, make_prompt_cache(model), 0, len(model.layers)
+        model.embed(mx.array(tokens)),
+        rows,
+        make_prompt_cache(model),
+        0,
+        len(model.layers),
     )[0]
 
 
@@ -262,9 +266,14 @@ def test_train_medusa_lowers_loss_and_writes_loadable_heads(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from helpers_torch import tiny_hf_llama
-
-    from mlx_specstream.train.medusa import TorchMedusaHeads, cache_anchors, main, train_medusa
     from mlx_specstream.train.examples import Example
+    from mlx_specstream.train.medusa import (
+        TorchMedusaHeads,
+        cache_anchors,
+        main,
+        train_medusa,
+    )
+
     from mlx_specstream.utils import load_model
 
     model_dir = tiny_hf_llama(tmp_path)

@@ -28,11 +28,11 @@ from test_sampling import _chi2_ok
 
 import mlx_specstream
 from mlx_specstream import chat
+from mlx_specstream.decoding.tree import TreeShape
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import GenerationResponse, generate, stream_generate
 from mlx_specstream.models.cache import PromptCache
 from mlx_specstream.sample_utils import SamplingArgs, make_sampler
-from mlx_specstream.tree import TreeShape
 
 PROMPT = [5, 17, 33, 2, 61, 8, 40]
 # Longer than repetition_context_size (20): mlx-lm's processors see only this call's

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from conftest import tiny_model
 
-from mlx_specstream.decoder import prefill
+from mlx_specstream.decoding.decoder import prefill
+from mlx_specstream.decoding.tree import Tree
 from mlx_specstream.format import StreamArgs
-from mlx_specstream.models.cache import make_prompt_cache
 from mlx_specstream.models import streaming
+from mlx_specstream.models.cache import make_prompt_cache
 from mlx_specstream.models.fast_ops import decode_path
 from mlx_specstream.models.msa import Rows
-from mlx_specstream.tree import Tree
 
 ARGS = StreamArgs(
     num_streams=3,
@@ -84,7 +84,9 @@ def test_early_exit_head_is_identity_at_zero():
     model = tiny_model(0, ARGS, stream_scale=0.0)
     ee = model.early_exit_logits(TOKENS)
     rows = Rows.causal(TOKENS.size, 0, model.streams)
-    h = model.run_layers(model.embed(TOKENS), rows, make_prompt_cache(model), 0, model.split)
+    h = model.run_layers(
+        model.embed(TOKENS), rows, make_prompt_cache(model), 0, model.split
+    )
     np.testing.assert_allclose(np.array(ee), np.array(model.logits(h[0])), atol=1e-6)
 
 
@@ -138,10 +140,10 @@ def test_gemma3_layers_windows_and_ropes():
 def test_gemma3_equals_mlx_lm_past_the_window(tmp_path, tied):
     """Prefill (whole, and in chunks at an offset) and one-token decoding beyond the
     window give mlx-lm's Gemma 3 logits, which uses rotating caches and its masks."""
+    from conftest import tiny_config
     from mlx_lm.utils import load as mlx_lm_load
 
-    from mlx_specstream.model_io import save_model
-    from conftest import tiny_config
+    from mlx_specstream.loading.model_io import save_model
 
     model = tiny_gemma3(1, tie_word_embeddings=tied)
     config = tiny_config(**{**GEMMA3, "tie_word_embeddings": tied})
@@ -217,9 +219,9 @@ def test_gemma3_long_context_drops_old_keys_and_equals_mlx_lm(tmp_path):
     from conftest import tiny_config, tiny_hf_tokenizer, wrap
     from mlx_lm.utils import load as mlx_lm_load
 
+    from mlx_specstream.decoding.tree import TreeShape
     from mlx_specstream.generate import stream_generate
-    from mlx_specstream.model_io import save_model
-    from mlx_specstream.tree import TreeShape
+    from mlx_specstream.loading.model_io import save_model
 
     model = tiny_gemma3(4)
     save_model(model, tiny_config(**GEMMA3), tmp_path)

@@ -10,14 +10,18 @@ import pytest
 from conftest import tiny_config, tiny_hf_tokenizer, tiny_model, wrap
 from test_generate import run
 
-from mlx_specstream.defaults import choose_speculation
-from mlx_specstream.drafters import PromptLookupDrafter, StreamDrafter, StreamTopK
+from mlx_specstream.decoding.defaults import choose_speculation
+from mlx_specstream.decoding.drafters import (
+    PromptLookupDrafter,
+    StreamDrafter,
+    StreamTopK,
+)
+from mlx_specstream.decoding.ngrams import NgramStore
+from mlx_specstream.decoding.state import state_of
+from mlx_specstream.decoding.tree import TreeShape
 from mlx_specstream.errors import ModelFileError
 from mlx_specstream.format import DRAFT_CORPUS, STREAMS_FILE
-from mlx_specstream.model_io import load_model, save_model
-from mlx_specstream.ngrams import NgramStore
-from mlx_specstream.tree import TreeShape
-from mlx_specstream.state import state_of
+from mlx_specstream.loading.model_io import load_model, save_model
 
 SEQS = [[1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [9, 2, 3, 7, 8], [0, 3, 6]]
 
@@ -130,7 +134,7 @@ def test_draft_corpus_script_writes_the_answers(tmp_path, capsys):
 def test_lookup_watch_says_when_lookup_would_draft_again():
     """The watch scores each chain two tokens later; it fires once ``hits`` of the
     last ``window`` chains got their first two tokens right."""
-    from mlx_specstream.drafters import LookupWatch, PromptLookupDrafter
+    from mlx_specstream.decoding.drafters import LookupWatch, PromptLookupDrafter
 
     cycle = [5, 6, 7, 8, 9]
     watch = LookupWatch(PromptLookupDrafter(), hits=2, window=4)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mlx_specstream.blas import NO_REEXEC
-from mlx_specstream.registry import DEFAULT_MODEL
+from mlx_specstream.loading.registry import DEFAULT_MODEL
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "overhead.py"
 TINY = [

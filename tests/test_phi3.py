@@ -12,12 +12,12 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-
 from mlx_specstream.convert.convert import main as convert_main
+
+from mlx_specstream.decoding.tree import TreeShape
 from mlx_specstream.errors import ModelFileError
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import stream_generate
-from mlx_specstream.tree import TreeShape
 from mlx_specstream.utils import build_model, load, load_model, save_model
 
 PROMPT = [5, 17, 3, 40, 22, 9]
@@ -47,11 +47,10 @@ CONFIG = dict(
 
 def _tokens(model, tokenizer, prompt, n, **kw):
     tokenizer.eos_token_ids = []  # full length on both sides
-    return [
-        t
-        for r in stream_generate(model, tokenizer, prompt, max_tokens=n, **kw)
-        for t in r.tokens
-    ]
+    rs = list(stream_generate(model, tokenizer, prompt, max_tokens=n, **kw))
+    # Speculative where asked for (a tree on a model without streams would be plain).
+    assert all(r.speculative is kw.get("speculative", True) for r in rs), kw
+    return [t for r in rs for t in r.tokens]
 
 
 # ---- mlx-lm's directories and ours ------------------------------------------------
@@ -92,6 +91,9 @@ def test_mlx_lm_quantized_dir_decodes_as_mlx_lm(hf_phi, tmp_path, bits):
     out = tmp_path / f"q{bits}"
     mlx_lm_convert(str(hf_phi), str(out), quantize=True, q_bits=bits, q_group_size=32)
     assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == bits
+    from helpers_torch import write_random_streams
+
+    write_random_streams(out)  # nonzero streams: the trees below draft
 
     lm, _ = mlx_lm.load(str(out))
     want = [int(t) for t, _ in generate_step(mx.array(PROMPT), lm, max_tokens=20)]
@@ -113,7 +115,6 @@ def test_mlx_lm_quantized_dir_decodes_as_mlx_lm(hf_phi, tmp_path, bits):
 def test_our_quantized_dir_loads_in_mlx_lm(hf_phi, tmp_path):
     """Our 4-bit conversion (fused tensors as mlx-lm names them) is an mlx-lm phi3."""
     import mlx_lm
-
     from mlx_specstream.convert.convert import convert
 
     out = convert(hf_phi, tmp_path / "q4", quantize=True, q_bits=4, q_group_size=32)
@@ -134,7 +135,6 @@ def test_transformers5_config_converts_for_mlx_lm(tmp_path):
     pytest.importorskip("transformers")
     import mlx_lm
     from helpers_torch import PHI3_DEFAULTS, tiny_hf_phi3
-
     from mlx_specstream.convert.convert import convert
 
     rope = {k: v for k, v in PHI3_DEFAULTS["rope_scaling"].items() if k != "type"}
@@ -198,7 +198,6 @@ def test_reference_with_window_equals_mlx(tmp_path):
     early exit) on 12 tokens, twice the window."""
     torch = pytest.importorskip("torch")
     from helpers_torch import tiny_hf_phi3, write_random_streams
-
     from mlx_specstream.convert.convert import convert
     from mlx_specstream.train.reference import StreamingReference
 
@@ -236,9 +235,8 @@ def test_peft_lora_on_fused_projections(hf_phi, tmp_path):
     equal PEFT's merge_and_unload."""
     torch = pytest.importorskip("torch")
     peft = pytest.importorskip("peft")
-    from transformers import AutoModelForCausalLM
-
     from mlx_specstream.convert.convert import convert
+    from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(hf_phi, dtype=torch.float32)
     cfg = peft.LoraConfig(
@@ -265,9 +263,8 @@ def test_peft_lora_on_fused_projections(hf_phi, tmp_path):
 def test_bin_checkpoint(hf_phi, tmp_path):
     """pytorch_model.bin converts to the same model as safetensors."""
     torch = pytest.importorskip("torch")
-    from transformers import AutoModelForCausalLM
-
     from mlx_specstream.convert.convert import convert
+    from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(hf_phi, dtype=torch.float32)
     other = tmp_path / "bin"

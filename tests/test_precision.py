@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from conftest import tiny_config, tiny_hf_tokenizer, tiny_model
 from mlx.utils import tree_flatten
-
-from mlx_specstream.generate import stream_generate
-from mlx_specstream.precision import compute_dtype, set_compute_dtype
-from mlx_specstream.tree import TreeShape
-from mlx_specstream.utils import load, save_model
 from test_lowprec import prompts
+
+from mlx_specstream.decoding.tree import TreeShape
+from mlx_specstream.generate import stream_generate
+from mlx_specstream.loading.precision import compute_dtype, set_compute_dtype
+from mlx_specstream.utils import load, save_model
 
 pytestmark = pytest.mark.skipif(
     mx.default_device() != mx.cpu, reason="the CPU's compute-dtype choice"

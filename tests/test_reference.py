@@ -7,8 +7,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from helpers_torch import HF_FAMILIES, tiny_hf_llama, write_random_streams  # noqa: E402
-
 from mlx_specstream.train.reference import StreamingReference  # noqa: E402
+
 from mlx_specstream.format import (  # noqa: E402
     STREAMS_FILE,
     StreamArgs,
@@ -205,9 +205,8 @@ def test_early_exit_logits(ref):
 
 
 def test_save_load_roundtrip(ref, tmp_path):
-    from safetensors.torch import load_file
-
     from mlx_specstream.train.reference import layer_dims
+    from safetensors.torch import load_file
 
     ref.save_streams(tmp_path / "s")
     saved = load_file(str(tmp_path / "s" / STREAMS_FILE))

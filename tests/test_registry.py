@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mlx_specstream import registry
+from mlx_specstream.loading import registry
 
 PARTS = [b"GGUF-first-", b"second-", b"third"]  # order matters: not sorted by content
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from conftest import tiny_hf_tokenizer, tiny_model, wrap
 
+from mlx_specstream.decoding.tree import Tree, TreeShape
+from mlx_specstream.decoding.verify import TreeVerifier
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.sample_utils import SamplingArgs, target_logprobs
-from mlx_specstream.tree import Tree, TreeShape
-from mlx_specstream.verify import TreeVerifier
 
 
 def tv(a: Counter, b: Counter, n: int) -> float:

@@ -24,12 +24,13 @@ from fastapi.testclient import TestClient
 from mlx_lm.sample_utils import make_logits_processors
 
 from mlx_specstream import cli
+from mlx_specstream.decoding.state import state_of
+from mlx_specstream.decoding.tree import TreeShape
 from mlx_specstream.generate import generate, stream_generate
 from mlx_specstream.models.cache import make_prompt_cache
-from mlx_specstream.prompt_store import PromptStore, StopMatcher, common_prefix
 from mlx_specstream.prompts import apply_chat_template
 from mlx_specstream.server import Job, QueueFull, Worker, create_app
-from mlx_specstream.tree import TreeShape
+from mlx_specstream.serving.prompt_store import PromptStore, StopMatcher, common_prefix
 from mlx_specstream.utils import load, save_model
 
 # Role words of the tiny tokenizer's chat template (its vocabulary is t1..t95).
@@ -476,7 +477,7 @@ def test_model_field_never_loads_anything(client, loaded):
         assert err["code"] == "model_not_found" and err["param"] == "model"
         error_of(client.get(f"/v1/models/{name}"), 404)
     # The served model answers to its id and its path.
-    for name in ("tiny-model", str(loaded[0].path)):
+    for name in ("tiny-model", str(state_of(loaded[0]).path)):
         r = client.post(
             "/v1/completions", json={"model": name, "prompt": PROMPT, "max_tokens": 2}
         )

@@ -17,11 +17,11 @@ from helpers_torch import (  # noqa: E402
     tiny_hf_qwen2,
     write_random_streams,
 )
-
 from mlx_specstream.train import lossless  # noqa: E402
+from mlx_specstream.train.examples import Example, encode, load_examples  # noqa: E402
 from mlx_specstream.train.reference import StreamingReference  # noqa: E402
 from mlx_specstream.train.trainer import build_parser, main, train  # noqa: E402
-from mlx_specstream.train.examples import Example, encode, load_examples  # noqa: E402
+
 from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE, StreamArgs  # noqa: E402
 
 pytestmark = pytest.mark.torch

@@ -3,8 +3,13 @@ import numpy as np
 import pytest
 from conftest import tiny_model
 
+from mlx_specstream.decoding.tree import (
+    Tree,
+    TreeShape,
+    best_first_paths,
+    cartesian_paths,
+)
 from mlx_specstream.models.msa import Rows
-from mlx_specstream.tree import Tree, TreeShape, best_first_paths, cartesian_paths
 
 
 def test_toy_tree_layout():
@@ -96,8 +101,8 @@ def test_tree_shape_validation():
 
 
 def test_mixed_drafter_keeps_the_budget():
-    from mlx_specstream.drafters import MixedDrafter, StreamDrafter, StreamTopK
-    from mlx_specstream.tree import TreeShape
+    from mlx_specstream.decoding.drafters import MixedDrafter, StreamDrafter, StreamTopK
+    from mlx_specstream.decoding.tree import TreeShape
 
     g, K = 4, 8
     rng = np.random.default_rng(0)
@@ -117,8 +122,8 @@ def test_mixed_drafter_keeps_the_budget():
 
 
 def test_depth_penalty_moves_nodes_to_shallow_depths():
-    from mlx_specstream.drafters import StreamDrafter, StreamTopK
-    from mlx_specstream.tree import TreeShape
+    from mlx_specstream.decoding.drafters import StreamDrafter, StreamTopK
+    from mlx_specstream.decoding.tree import TreeShape
 
     # Streams equally sure at every depth: without a penalty the best 8 nodes make
     # a deep chain plus siblings; the penalty trades deep nodes for wider levels.
@@ -135,7 +140,7 @@ def test_depth_penalty_moves_nodes_to_shallow_depths():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_bounded_walk_takes_the_same_nodes_asking_less(seed):
-    from mlx_specstream.tree import best_first_walk
+    from mlx_specstream.decoding.tree import best_first_walk
 
     g, K = 4, 6
     rng = np.random.default_rng(seed)

@@ -9,12 +9,12 @@ import pytest
 from conftest import tiny_config, tiny_hf_tokenizer, tiny_model, wrap
 from mlx_lm.utils import quantize_model
 
+from mlx_specstream.decoding.state import state_of
+from mlx_specstream.decoding.tree import TreeShape
+from mlx_specstream.errors import ModelFileError
 from mlx_specstream.format import StreamArgs
 from mlx_specstream.generate import stream_generate
-from mlx_specstream.errors import ModelFileError
 from mlx_specstream.utils import load, load_model, save_model
-from mlx_specstream.tree import TreeShape
-from mlx_specstream.state import state_of
 
 ARGS = StreamArgs(
     num_streams=3,

@@ -22,9 +22,9 @@ from mlx_lm.generate import BatchGenerator
 from tqdm import tqdm
 
 from mlx_specstream.blas import active_blas, ensure_openblas
-from mlx_specstream.files import read_json, write_text_atomically
-from mlx_specstream.model_io import normalise_config
-from mlx_specstream.registry import resolve
+from mlx_specstream.loading.files import read_json, write_text_atomically
+from mlx_specstream.loading.model_io import normalise_config
+from mlx_specstream.loading.registry import resolve
 
 from .datasets import DataError
 

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .reference import StreamingReference
 from .examples import Example
+from .reference import StreamingReference
 from .state import acceptance_stats
 
 

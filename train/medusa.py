@@ -7,7 +7,7 @@ only the heads, on a few sampled anchors per sequence. Head k (0-based) at posit
 t learns token t + 2 + k with cross-entropy over completion tokens, weighted by
 ``head_decay ** k`` as in Medusa. The data is the JSONL of ``mlx-specstream distill``
 (the model's own greedy answers as exact ids). Output: ``medusa.json``,
-``medusa.safetensors`` (read by ``mlx_specstream.medusa.load_medusa``) and
+``medusa.safetensors`` (read by ``mlx_specstream.decoding.medusa.load_medusa``) and
 ``medusa_summary.json``, written atomically.
 """
 
@@ -26,20 +26,20 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
-from mlx_specstream.files import write_atomically, write_file_atomically
-from mlx_specstream.medusa import MEDUSA_CONFIG, MEDUSA_WEIGHTS
-from mlx_specstream.registry import resolve
+from mlx_specstream.decoding.medusa import MEDUSA_CONFIG, MEDUSA_WEIGHTS
+from mlx_specstream.loading.files import write_atomically, write_file_atomically
+from mlx_specstream.loading.registry import resolve
 
-from .trainer import TrainError, load_base
 from .examples import BatchPlan, Example, load_examples
 from .state import lr_schedule
+from .trainer import TrainError, load_base
 
 SUMMARY_FILE = "medusa_summary.json"
 IGNORE = -100
 
 
 class TorchMedusaHeads(nn.Module):
-    """PyTorch twin of ``mlx_specstream.medusa.MedusaHeads`` (same tensor names)."""
+    """PyTorch twin of ``mlx_specstream.decoding.medusa.MedusaHeads`` (same tensor names)."""
 
     def __init__(self, lm_head: torch.Tensor, num_heads: int = 4):
         super().__init__()

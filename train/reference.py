@@ -27,7 +27,7 @@ from mlx_specstream.format import (
     SUPPORTED_ARCHITECTURES,
     StreamArgs,
 )
-from mlx_specstream.model_io import load_stream_args, normalise_config
+from mlx_specstream.loading.model_io import load_stream_args, normalise_config
 from mlx_specstream.models import families
 
 KV = Tuple[torch.Tensor, torch.Tensor]

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .reference import StreamingReference
 from .examples import Example
+from .reference import StreamingReference
 from .state import acceptance_stats
 
 # Phi-3's fused projections holding each adaptable part.

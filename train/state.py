@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mlx_specstream.files import (
+from mlx_specstream.loading.files import (
     write_atomically,
     write_file_atomically,
     write_files_atomically,

@@ -138,7 +138,9 @@ class MLP(nn.Module):
     def __call__(self, x: mx.array, rows: Rows) -> mx.array:
         g = rows.linear(self.gate_proj, x, "mlp.gate_proj")
         u = rows.linear(self.up_proj, x, "mlp.up_proj")
-        return rows.linear(self.down_proj, fast_ops.swiglu(g, u, rows.path), "mlp.down_proj")
+        return rows.linear(
+            self.down_proj, fast_ops.swiglu(g, u, rows.path), "mlp.down_proj"
+        )
 
 
 class TransformerBlock(nn.Module):

@@ -188,7 +188,9 @@ class MLP(nn.Module):
     def __call__(self, x: mx.array, rows: Rows) -> mx.array:
         gu = fused_linear(rows, self.gate_up_proj, x, GATE_UP_PARTS, self.sizes)
         gate, up = mx.split(gu, 2, axis=-1)
-        return rows.linear(self.down_proj, fast_ops.swiglu(gate, up, rows.path), "mlp.down_proj")
+        return rows.linear(
+            self.down_proj, fast_ops.swiglu(gate, up, rows.path), "mlp.down_proj"
+        )
 
 
 class TransformerBlock(llama.TransformerBlock):

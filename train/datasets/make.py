@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
-from mlx_specstream.files import write_file_atomically
+from mlx_specstream.loading.files import write_file_atomically
 
 from . import SPLITS, DataError, chat, dialogue, instructions, mr2text, sql
 

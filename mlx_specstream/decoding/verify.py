@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from .sample_utils import (
+from ..sample_utils import (
     LogitsProcessor,
     SamplingArgs,
     apply_logits_processors,

@@ -10,8 +10,8 @@ decoding is plain: a tree that does not pay on a device makes every token slower
 from dataclasses import dataclass
 from typing import Optional
 
+from ..models.llama import Model
 from .drafters import Drafter, MixedDrafter, PromptLookupDrafter, StreamDrafter
-from .models.llama import Model
 from .state import state_of
 from .tree import TreeShape
 

@@ -21,7 +21,7 @@ from typing import Tuple, Union
 
 from huggingface_hub import snapshot_download
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 from .files import cache_root
 from .gguf import gguf_to_mlx
 

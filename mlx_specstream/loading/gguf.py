@@ -26,9 +26,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import mlx.core as mx
 import numpy as np
 
-from .errors import ModelFileError, ModelFileNotFoundError
+from ..errors import ModelFileError, ModelFileNotFoundError
+from ..format import SETTINGS_FILE
+from ..models import families
 from .files import write_atomically
-from .format import SETTINGS_FILE
 from .model_io import (
     build_model,
     load_base_weights,
@@ -37,7 +38,6 @@ from .model_io import (
     normalise_config,
     save_model,
 )
-from .models import families
 
 # GGUF tensor name (per layer after "blk.{i}.") -> Hugging Face name.
 GLOBAL_NAMES = {

@@ -15,11 +15,11 @@ from typing import Any, Callable, Optional
 
 import mlx.core as mx
 
-from .generate import stream_generate
-from .models.cache import make_prompt_cache
+from ..generate import stream_generate
+from ..models.cache import make_prompt_cache
+from ..sample_utils import make_logits_processors
 from .prompt_store import PromptStore, StopMatcher
-from .sample_utils import make_logits_processors
-from .server_requests import APIError, GenRequest
+from .requests import APIError, GenRequest
 
 # Request fields that a request may set; the rest of the decoding settings
 # (speculation, tree, stream pass, prompt lookup) are the server's.

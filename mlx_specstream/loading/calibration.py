@@ -15,7 +15,7 @@ from typing import Dict, Optional
 
 import mlx.core as mx
 
-from .blas import active_blas
+from ..blas import active_blas
 from .files import cache_root, write_text_atomically
 
 # Bump when what is measured changes: older cached results are then re-measured.

@@ -12,9 +12,10 @@ from mlx.utils import tree_flatten
 from mlx_lm.utils import save_config
 from mlx_lm.utils import save_model as mlx_lm_save_model
 
-from .errors import ModelFileError
-from .files import load_safetensors, read_json
-from .format import (
+from ..decoding.ngrams import NgramStore
+from ..decoding.state import state_of
+from ..errors import ModelFileError
+from ..format import (
     DRAFT_CORPUS,
     DRAFT_VOCAB,
     SETTINGS_FILE,
@@ -23,10 +24,9 @@ from .format import (
     StreamArgs,
     stream_tensor_shapes,
 )
-from .models import families, gemma3
-from .models.llama import Model
-from .ngrams import NgramStore
-from .state import state_of
+from ..models import families, gemma3
+from ..models.llama import Model
+from .files import load_safetensors, read_json
 
 SUPPORTED_MODEL_TYPES = tuple(SUPPORTED_ARCHITECTURES)
 

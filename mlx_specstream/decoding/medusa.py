@@ -23,10 +23,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from ..errors import ModelFileError, ModelFileNotFoundError
+from ..loading.files import load_safetensors, read_json
+from ..loading.model_io import check_shapes
 from .drafters import StreamDrafter, StreamTopK, topk_logprobs
-from .errors import ModelFileError, ModelFileNotFoundError
-from .files import load_safetensors, read_json
-from .model_io import check_shapes
 from .tree import Tree, TreeShape
 
 MEDUSA_CONFIG = "medusa.json"

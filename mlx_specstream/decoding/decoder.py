@@ -31,12 +31,11 @@ from typing import Callable, Iterator, List, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from .drafters import Drafter, LookupWatch, lookup_of, topk_finish, topk_queue
-from .models import streaming
-from .models.cache import PromptCache, as_prompt_cache
-from .models.fast_ops import DecodePath, decode_path
-from .models.llama import Model
-from .sample_utils import (
+from ..models import streaming
+from ..models.cache import PromptCache, as_prompt_cache
+from ..models.fast_ops import DecodePath, decode_path
+from ..models.llama import Model
+from ..sample_utils import (
     LogitsProcessor,
     Sampler,
     SamplingArgs,
@@ -44,6 +43,7 @@ from .sample_utils import (
     known_sampler,
     log_softmax,
 )
+from .drafters import Drafter, LookupWatch, lookup_of, topk_finish, topk_queue
 from .tree import Tree
 from .verify import TreeVerifier
 

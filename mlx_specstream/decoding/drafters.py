@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 import mlx.core as mx
 import numpy as np
 
-from .models.fast_ops import decode_path
+from ..models.fast_ops import decode_path
 from .ngrams import MAX_CONTEXT, NgramStore
 from .tree import (
     Children,

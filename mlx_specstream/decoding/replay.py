@@ -10,8 +10,8 @@ from typing import List, Sequence, Union
 
 import mlx.core as mx
 
+from ..models.llama import Model
 from .drafters import Drafter, StreamDrafter, StreamTopK, topk_logprobs
-from .models.llama import Model
 from .tree import TreeShape
 
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set
 
-from .prompts import apply_chat_template, encode_prompt
+from ..prompts import apply_chat_template, encode_prompt
 
 # Roles a chat message may have, and the role the chat template sees.
 ROLES = {

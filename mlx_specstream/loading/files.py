@@ -15,7 +15,7 @@ from typing import Callable, Dict
 
 import mlx.core as mx
 
-from .errors import ModelFileError, ModelFileNotFoundError
+from ..errors import ModelFileError, ModelFileNotFoundError
 
 
 def read_json(path: Path) -> Dict:
@@ -59,7 +59,9 @@ def check_safetensors(path: Path) -> Dict[str, Dict]:
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ModelFileError(path, "corrupt safetensors header (not JSON)") from None
+            raise ModelFileError(
+                path, "corrupt safetensors header (not JSON)"
+            ) from None
     if not isinstance(header, dict):
         raise ModelFileError(path, "corrupt safetensors header (not a JSON object)")
     header.pop("__metadata__", None)

@@ -1,0 +1,1 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
