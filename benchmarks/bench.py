@@ -109,7 +109,7 @@ def _ours(model, tokenizer, ids, max_tokens, **kw) -> tuple:
             first = time.perf_counter()
         elif not last.from_draft or last.finish_reason:  # a pass's last token
             acc.append(last.accepted)
-        out += last.tokens
+        out += [] if last.finish_reason == "stop" else [last.token]
     return out, first - tic, time.perf_counter() - first, last.forward_calls, acc
 
 

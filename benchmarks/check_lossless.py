@@ -49,7 +49,7 @@ def main() -> None:
             speculative=speculative,
             **(kw if speculative else {}),
         ):
-            out += last.tokens
+            out += [] if last.finish_reason == "stop" else [last.token]
         return out, last
 
     same = tokens = passes = 0

@@ -95,7 +95,7 @@ def decode_ours(model, tokenizer, ids, max_tokens, **kw) -> tuple:
 
     out, lps = [], []
     for r in stream_generate(model, tokenizer, ids, max_tokens=max_tokens, **kw):
-        out += r.tokens
+        out += [] if r.finish_reason == "stop" else [r.token]
         lps.append(r.logprobs)
     return out, lps
 

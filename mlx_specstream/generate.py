@@ -81,12 +81,6 @@ class GenerationResponse:
     speculative: bool = False
 
     @property
-    def tokens(self) -> List[int]:
-        """The tokens this response adds to the output: ``[token]``, or ``[]`` for
-        the EOS that ends it (the per-pass responses' field, kept for callers)."""
-        return [] if self.finish_reason == "stop" else [self.token]
-
-    @property
     def tokens_per_pass(self) -> float:
         return self.generation_tokens / max(1, self.forward_calls)
 

@@ -87,3 +87,9 @@ def wrap(hf_tokenizer, eos_token_ids=(0,)):
 @pytest.fixture
 def tokenizer():
     return wrap(tiny_hf_tokenizer())
+
+
+def emitted(response) -> list:
+    """The tokens a ``GenerationResponse`` adds to the output: its token, or none
+    for the EOS that ends it."""
+    return [] if response.finish_reason == "stop" else [response.token]

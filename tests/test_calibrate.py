@@ -2,7 +2,7 @@
 """Calibration replays greedy decoding; its tokens per pass must be the decoder's."""
 
 import pytest
-from conftest import tiny_hf_tokenizer, tiny_model, wrap
+from conftest import emitted, tiny_hf_tokenizer, tiny_model, wrap
 
 from mlx_specstream.calibrate import calibrate
 from mlx_specstream.decoding.drafters import StreamDrafter
@@ -31,7 +31,7 @@ def test_replay_counts_the_decoders_passes(budget, store):
             model, tok, prompt, max_tokens=40, tree=TreeShape(budget=budget)
         )
     )
-    out = [t for r in rs for t in r.tokens]
+    out = [t for r in rs for t in emitted(r)]
     seq = prompt + out
     cands = stream_candidates(model, seq, budget)
     drafter = StreamDrafter(TreeShape(budget=budget), store=state_of(model).ngrams)
@@ -116,7 +116,7 @@ def test_replay_with_prompt_lookup_matches_the_decoder():
     prompt = [7, 3, 9, 12, 7, 3, 9, 12, 40]
     drafter = MixedDrafter(StreamDrafter(TreeShape(budget=6)))
     rs = list(stream_generate(model, tok, prompt, max_tokens=30, drafter=drafter))
-    seq = prompt + [t for r in rs for t in r.tokens]
+    seq = prompt + [t for r in rs for t in emitted(r)]
     passes, _, depths = replay(
         stream_candidates(model, seq, 6), seq, len(prompt), drafter, max_tokens=30
     )
@@ -165,13 +165,13 @@ def test_calibrated_default_falls_back_to_plain_where_trees_do_not_pay():
     tok = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
     model = tiny_model(1)  # random streams: drafts are hardly ever accepted
     plain = [t for r in stream_generate(model, tok, [4, 5, 6], max_tokens=40,
-                                        speculative=False) for t in r.tokens]  # fmt: skip
+                                        speculative=False) for t in emitted(r)]  # fmt: skip
     for cost, falls_back in ((3.0, True), (1.0, False)):
         costs = {1: 1.0, 8: cost}
         state_of(model).calibration = C.Calibration(8, "dev", costs, {1: 1.0, 8: 2.0}, 0.1,
                                           "likely", False, {"likely": costs})  # fmt: skip
         rs = list(stream_generate(model, tok, [4, 5, 6], max_tokens=40))
-        assert [t for r in rs for t in r.tokens] == plain
+        assert [t for r in rs for t in emitted(r)] == plain
         late = [r.tree_size for r in rs[16:]]  # after the 8 passes it waits for
         assert (set(late) == {1}) == falls_back, late
         assert rs[-1].forward_calls <= 40
@@ -205,13 +205,13 @@ def test_calibrated_fallback_resumes_where_prompt_lookup_would_pay():
     model = tiny_model(3)  # its greedy answer settles into a 13-token cycle
     prompt = [4, 5, 6, 4, 5]
     plain = [t for r in stream_generate(model, tok, prompt, max_tokens=80,
-                                        speculative=False) for t in r.tokens]  # fmt: skip
+                                        speculative=False) for t in emitted(r)]  # fmt: skip
     costs = {1: 1.0, 8: 50.0}  # no tree pays: every stretch falls back
     for lookup in (True, False):  # the watch is the run's prompt lookup
         state_of(model).calibration = C.Calibration(8, "dev", costs, {1: 1.0, 8: 2.0}, 0.1,
                                           "likely", lookup, {"likely": costs})  # fmt: skip
         rs = list(stream_generate(model, tok, prompt, max_tokens=80))
-        assert [t for r in rs for t in r.tokens] == plain
+        assert [t for r in rs for t in emitted(r)] == plain
         # The first plain token after a tree pass; from there, only a resumed
         # tree accepts drafts.
         trees = [r.tree_size for r in rs]

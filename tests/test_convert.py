@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from conftest import emitted
 from helpers_torch import (  # noqa: E402
     HF_FAMILIES,
     tiny_hf_llama,
@@ -179,7 +180,7 @@ def test_mlx_lm_quantized_directory_decodes_losslessly(hf_dir, tmp_path, bits):
             for r in stream_generate(
                 model, tokenizer, prompt, max_tokens=20, speculative=False
             )
-            for t in r.tokens
+            for t in emitted(r)
         ]
         spec = [
             t
@@ -191,7 +192,7 @@ def test_mlx_lm_quantized_directory_decodes_losslessly(hf_dir, tmp_path, bits):
                 tree=TreeShape(budget=8),
                 prompt_lookup=True,
             )
-            for t in r.tokens
+            for t in emitted(r)
         ]
         assert spec == plain
         ref = [
@@ -229,7 +230,7 @@ def test_greedy_matches_transformers(hf_dir, mlx_fp32, speculative):
             speculative=speculative,
             tree=TreeShape(budget=8),
         ):
-            got += r.tokens
+            got += emitted(r)
         assert got == want
 
 

@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from conftest import tiny_config, tiny_hf_tokenizer, tiny_model, wrap
+from conftest import emitted, tiny_config, tiny_hf_tokenizer, tiny_model, wrap
 from test_generate import PROMPT, SHAPES, OracleDrafter, V, per_pass, run, subset
 from test_sampling import (
     SAMPLED_TEMP,
@@ -92,7 +92,7 @@ def test_replay_with_a_draft_vocabulary_counts_the_decoders_passes():
     prompt = [7, 3, 9, 12, 40, 41]
     shape = TreeShape(budget=6)
     rs = list(stream_generate(model, tok, prompt, max_tokens=30, tree=shape))
-    seq = prompt + [t for r in rs for t in r.tokens]
+    seq = prompt + [t for r in rs for t in emitted(r)]
     cands = stream_candidates(model, seq, 6)
     assert set(cands.tokens.ravel().tolist()) <= set(model.draft_vocab.tolist())
     passes, _, _ = replay(cands, seq, len(prompt), shape, max_tokens=30)

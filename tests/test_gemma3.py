@@ -9,6 +9,7 @@ import shutil
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import emitted
 
 from mlx_specstream.decoding.tree import TreeShape
 from mlx_specstream.errors import ModelFileError
@@ -25,7 +26,7 @@ def _greedy(model, tokenizer, prompt, n, **kw):
     rs = list(stream_generate(model, tokenizer, prompt, max_tokens=n, **kw))
     # Speculative where asked for (a tree on a model without streams would be plain).
     assert all(r.speculative is kw.get("speculative", True) for r in rs), kw
-    return [t for r in rs for t in r.tokens]
+    return [t for r in rs for t in emitted(r)]
 
 
 def test_transformers_5_config_folds_for_mlx_lm():

@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import TINY, tiny_hf_tokenizer, tiny_model, wrap
+from conftest import TINY, emitted, tiny_hf_tokenizer, tiny_model, wrap
 
 from mlx_specstream.decoding.decoder import STREAM_PASSES, speculative_generate_step
 from mlx_specstream.decoding.drafters import StreamDrafter, StreamTopK
@@ -24,12 +24,12 @@ PROMPT = [5, 17, 33, 2, 61, 8, 40]
 
 def run(model, tokenizer, prompt=PROMPT, **kw) -> tuple:
     rs = list(stream_generate(model, tokenizer, prompt, **kw))
-    return [t for r in rs for t in r.tokens], rs
+    return [t for r in rs for t in emitted(r)], rs
 
 
 def per_pass(rs) -> List[int]:
     """Tokens output by each forward pass (responses come one per token)."""
-    counts = Counter(r.forward_calls for r in rs if r.tokens)
+    counts = Counter(r.forward_calls for r in rs if emitted(r))
     return [counts[c] for c in sorted(counts)]
 
 

@@ -19,6 +19,7 @@ from mlx.utils import tree_flatten
 
 gguf = pytest.importorskip("gguf")
 
+from conftest import emitted
 from helpers_gguf import (  # noqa: E402
     Q,
     byte_alphabet,
@@ -463,5 +464,5 @@ def test_smollm2_greedy_matches_transformers(smollm2):
         for r in stream_generate(
             model, tokenizer, ids, max_tokens=24, temp=0.0, speculative=False
         ):
-            got += r.tokens
+            got += emitted(r)
         assert got == want

@@ -21,6 +21,7 @@ import pytest
 
 pytest.importorskip("gguf")  # helpers_gguf writes the files
 
+from conftest import emitted
 from helpers_gguf import (  # noqa: E402
     Q,
     byte_alphabet,
@@ -274,7 +275,7 @@ def _ours(out, ids, n, **kwargs):
     model, tokenizer = load(out)
     tokens, drafted, speculated = [], 0, set()
     for r in stream_generate(model, tokenizer, ids, max_tokens=n, temp=0.0, **kwargs):
-        tokens += r.tokens
+        tokens += emitted(r)
         drafted += r.from_draft
         speculated.add(r.speculative)
     assert len(speculated) == 1  # one answer for the whole call

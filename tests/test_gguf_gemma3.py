@@ -19,6 +19,7 @@ from mlx.utils import tree_flatten
 
 gguf = pytest.importorskip("gguf")
 
+from conftest import emitted
 from helpers_gguf import (  # noqa: E402
     GEMMA3_LAYER,
     Q,
@@ -363,7 +364,7 @@ def test_matches_transformers_gguf_model(tiny):
     for r in stream_generate(
         model, tokenizer, ids, max_tokens=16, temp=0.0, speculative=False
     ):
-        tokens += r.tokens
+        tokens += emitted(r)
     n = len(tokens)  # fewer than 16 only where greedy decoding reached EOS
     assert tokens == greedy[:n] and (n == 16 or greedy[n] in tokenizer.eos_token_ids)
 
@@ -436,7 +437,7 @@ def test_gemma3_greedy_matches_transformers(gemma, monkeypatch):
                 speculative=lookup,
                 prompt_lookup=lookup,
             ):
-                got += r.tokens
+                got += emitted(r)
                 drafted += lookup and r.from_draft
                 assert r.speculative is lookup
             assert got == want, (text, lookup)

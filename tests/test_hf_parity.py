@@ -6,6 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import emitted
 from helpers_torch import HF_FAMILIES, write_random_streams  # noqa: E402
 
 from mlx_specstream.decoding.tree import TreeShape  # noqa: E402
@@ -49,4 +50,4 @@ def test_plain_and_speculative_greedy_equal_transformers(tmp_path, family, seed)
             )
         )
         assert all(r.speculative is speculative for r in rs)
-        assert [t for r in rs for t in r.tokens] == ref, speculative
+        assert [t for r in rs for t in emitted(r)] == ref, speculative

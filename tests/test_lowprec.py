@@ -17,7 +17,7 @@ from typing import List
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import tiny_model
+from conftest import emitted, tiny_model
 from test_sampling import (
     SAMPLED_TEMP,
     _chi2_ok,
@@ -65,7 +65,7 @@ def decode(model, tokenizer, prompt, **kw) -> List[int]:
     return [
         t
         for r in stream_generate(model, tokenizer, prompt, max_tokens=MAX_TOKENS, **kw)
-        for t in r.tokens
+        for t in emitted(r)
     ]
 
 
@@ -134,7 +134,7 @@ def test_sampled_speculative_matches_plain_distribution_bf16():
     p1, p2 = two_token_laws(probs)
     n, c1, c2 = 500, Counter(), Counter()
     for rs in sample_speculative(model, tok, n, seed=3):
-        out = [t for r in rs for t in r.tokens]
+        out = [t for r in rs for t in emitted(r)]
         c1[out[0]] += 1
         c2[out[1]] += 1
     assert _chi2_ok(c1, p1, n)

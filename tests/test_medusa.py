@@ -9,7 +9,7 @@ from typing import List
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import tiny_hf_tokenizer, tiny_model, wrap
+from conftest import emitted, tiny_hf_tokenizer, tiny_model, wrap
 from mlx.utils import tree_flatten
 
 from mlx_specstream.decoding.drafters import StreamDrafter
@@ -42,7 +42,7 @@ def run(model, drafter=None, max_tokens=40, **kw) -> tuple:
             model, tokenizer, PROMPT, max_tokens=max_tokens, drafter=drafter, **kw
         )
     )
-    return [t for r in rs for t in r.tokens], rs
+    return [t for r in rs for t in emitted(r)], rs
 
 
 def random_heads(model, seed: int, scale: float = 0.3) -> MedusaHeads:

@@ -4,7 +4,7 @@
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import tiny_model
+from conftest import emitted, tiny_model
 
 from mlx_specstream.decoding.decoder import prefill
 from mlx_specstream.decoding.tree import Tree
@@ -235,7 +235,7 @@ def test_gemma3_long_context_drops_old_keys_and_equals_mlx_lm(tmp_path):
     tokenizer = wrap(tiny_hf_tokenizer(), eos_token_ids=[])
     for kw in (dict(speculative=False), dict(tree=TreeShape(budget=8))):
         rs = stream_generate(model, tokenizer, prompt, max_tokens=30, **kw)
-        assert [t for r in rs for t in r.tokens] == want, kw
+        assert [t for r in rs for t in emitted(r)] == want, kw
 
     rows = Rows.tree(np.tril(np.ones((3, 3), bool)), np.arange(3), 150, model.streams)
     k = mx.zeros((1, 2, 192, 24))  # keys padded to the next bucket (64)

@@ -12,6 +12,7 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import emitted
 from mlx_specstream.convert.convert import main as convert_main
 
 from mlx_specstream.decoding.tree import TreeShape
@@ -50,7 +51,7 @@ def _tokens(model, tokenizer, prompt, n, **kw):
     rs = list(stream_generate(model, tokenizer, prompt, max_tokens=n, **kw))
     # Speculative where asked for (a tree on a model without streams would be plain).
     assert all(r.speculative is kw.get("speculative", True) for r in rs), kw
-    return [t for r in rs for t in r.tokens]
+    return [t for r in rs for t in emitted(r)]
 
 
 # ---- mlx-lm's directories and ours ------------------------------------------------

@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from conftest import tiny_config, tiny_hf_tokenizer, tiny_model
+from conftest import emitted, tiny_config, tiny_hf_tokenizer, tiny_model
 from mlx.utils import tree_flatten
 from test_lowprec import prompts
 
@@ -74,7 +74,7 @@ def decode(model, tokenizer, prompt, **kw):
     return [
         t
         for r in stream_generate(model, tokenizer, prompt, max_tokens=24, **kw)
-        for t in r.tokens
+        for t in emitted(r)
     ]
 
 

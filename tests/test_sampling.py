@@ -6,7 +6,7 @@ from collections import Counter
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import tiny_hf_tokenizer, tiny_model, wrap
+from conftest import emitted, tiny_hf_tokenizer, tiny_model, wrap
 
 from mlx_specstream.decoding.tree import Tree, TreeShape
 from mlx_specstream.decoding.verify import TreeVerifier
@@ -121,7 +121,7 @@ def test_sampled_speculative_matches_plain_distribution():
     p1, p2 = two_token_laws(probs)
     n, c1, c2 = 500, Counter(), Counter()
     for rs in sample_speculative(model, tok, n, seed=3):
-        out = [t for r in rs for t in r.tokens]
+        out = [t for r in rs for t in emitted(r)]
         c1[out[0]] += 1
         c2[out[1]] += 1
     # Token 2 comes out of a drafted tree (accepted draft or correction after rejections).

@@ -16,7 +16,7 @@ from typing import Dict, List
 
 import mlx.core as mx
 import pytest
-from conftest import tiny_hf_tokenizer, tiny_model, wrap
+from conftest import emitted, tiny_hf_tokenizer, tiny_model, wrap
 
 from mlx_specstream.decoding.tree import TreeShape
 from mlx_specstream.generate import stream_generate
@@ -31,7 +31,7 @@ ROOT = os.path.dirname(TESTS)
 ROUND = r"""
 import json, sys, threading
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
-from conftest import tiny_hf_tokenizer, tiny_model, wrap
+from conftest import emitted, tiny_hf_tokenizer, tiny_model, wrap
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.decoding.tree import TreeShape
 
@@ -42,7 +42,7 @@ jobs = [([5, 17, 33, 2, 61, 8, 40 + i], modes[i % 2]) for i in range(threads)]
 
 def run(prompt, kw):
     rs = stream_generate(model, tokenizer, prompt, max_tokens=16, **kw)
-    return [t for r in rs for t in r.tokens]
+    return [t for r in rs for t in emitted(r)]
 
 truth = [run(p, kw) for p, kw in jobs]
 wrong, errors = [], []
@@ -106,7 +106,7 @@ def tok():
 
 
 def tokens_of(responses) -> List[int]:
-    return [t for r in responses for t in r.tokens]
+    return [t for r in responses for t in emitted(r)]
 
 
 def in_threads(fns) -> List:

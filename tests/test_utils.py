@@ -6,7 +6,7 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import tiny_config, tiny_hf_tokenizer, tiny_model, wrap
+from conftest import emitted, tiny_config, tiny_hf_tokenizer, tiny_model, wrap
 from mlx_lm.utils import quantize_model
 
 from mlx_specstream.decoding.state import state_of
@@ -55,7 +55,7 @@ def test_directory_without_streams_decodes_losslessly(tmp_path):
             for r in stream_generate(
                 model, tok, [4, 5, 6], max_tokens=20, speculative=s, prompt_lookup=True
             )
-            for t in r.tokens
+            for t in emitted(r)
         ]
         for s in (False, True)
     ]
@@ -105,7 +105,7 @@ def test_quantized_roundtrip_decodes_losslessly(tmp_path):
                 speculative=s,
                 tree=TreeShape(budget=8),
             )
-            for t in r.tokens
+            for t in emitted(r)
         ]
         for s in (False, True)
     ]
