@@ -72,18 +72,27 @@ def _load() -> str:
 def _model_dir(model):
     """Where the model was loaded from (``ModelState.path``; older checkouts kept
     it on the model)."""
-    try:
-        from mlx_specstream.decoding.state import state_of
-    except ImportError:  # older checkouts kept it on the model
+    if not _layered():  # older checkouts kept it on the model
         return model.path
+    from mlx_specstream.decoding.state import state_of
+
     return state_of(model).path
 
 
+def _layered() -> bool:
+    """Whether the imported checkout has the subpackage layout (decoding/, ...).
+    Tested on the folder: an editable install of another checkout can still
+    provide ``mlx_specstream.decoding`` to an older one."""
+    import mlx_specstream
+
+    return (Path(mlx_specstream.__file__).parent / "decoding").is_dir()
+
+
 def _has_streams(model) -> bool:
-    try:
-        from mlx_specstream.decoding.state import state_of
-    except ImportError:  # older checkouts kept it on the model
+    if not _layered():  # older checkouts kept it on the model
         return bool(getattr(model, "has_streams", True))
+    from mlx_specstream.decoding.state import state_of
+
     return state_of(model).has_streams
 
 
@@ -230,9 +239,12 @@ def measure(
 
     import mlx_specstream
     from mlx_specstream import load
-    from mlx_specstream.decoding import decoder as dec
-    from mlx_specstream.decoding.drafters import StreamDrafter
-    from mlx_specstream.decoding.tree import TreeShape
+
+    # This checkout's layout, or the flat one of older checkouts.
+    pkg = "mlx_specstream.decoding." if _layered() else "mlx_specstream."
+    dec = importlib.import_module(pkg + "decoder")
+    StreamDrafter = importlib.import_module(pkg + "drafters").StreamDrafter
+    TreeShape = importlib.import_module(pkg + "tree").TreeShape
 
     # The module: ``mlx_lm.generate`` is also the package's generate function.
     lm_generate = importlib.import_module("mlx_lm.generate")
@@ -262,7 +274,7 @@ def measure(
 
     shape = TreeShape(budget=budget)
     try:  # decoding's drafter: reranked by the model's n-gram table, if it has one
-        from mlx_specstream.decoding.defaults import stream_drafter
+        stream_drafter = importlib.import_module(pkg + "defaults").stream_drafter
 
         drafter = stream_drafter(model, shape)
     except ImportError:

@@ -8,6 +8,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import load_tokenizer
 
 from .decoding.state import state_of
+from .device import on_device
 from .loading.calibration import load_calibration
 from .loading.files import read_json
 from .loading.model_io import (  # noqa: F401 (re-exported: mlx-lm keeps these in utils)
@@ -41,8 +42,11 @@ def load(
         ``(model, tokenizer)``.
     """
     path = resolve(path_or_name)
-    model = load_model(path, lazy=lazy)
-    set_compute_dtype(model, compute_dtype)
+    # Made on the generation stream, which any thread may evaluate: lazily loaded
+    # weights built on this thread's own stream could be read on this thread only.
+    with on_device():
+        model = load_model(path, lazy=lazy)
+        set_compute_dtype(model, compute_dtype)
     state = state_of(model)
     state.path = path
     # The tree budget measured on this device by `mlx-specstream calibrate`, if any.

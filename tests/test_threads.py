@@ -16,7 +16,7 @@ from typing import Dict, List
 
 import mlx.core as mx
 import pytest
-from conftest import emitted, tiny_hf_tokenizer, tiny_model, wrap
+from conftest import emitted, tiny_config, tiny_hf_tokenizer, tiny_model, wrap
 
 from mlx_specstream.decoding.tree import TreeShape
 from mlx_specstream.generate import stream_generate
@@ -31,7 +31,7 @@ ROOT = os.path.dirname(TESTS)
 ROUND = r"""
 import json, sys, threading
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
-from conftest import emitted, tiny_hf_tokenizer, tiny_model, wrap
+from conftest import emitted, tiny_config, tiny_hf_tokenizer, tiny_model, wrap
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.decoding.tree import TreeShape
 
@@ -47,6 +47,8 @@ def run(prompt, kw):
 truth = [run(p, kw) for p, kw in jobs]
 wrong, errors = [], []
 
+together = threading.Barrier(threads)
+
 def work(i):
     try:
         for g in range(gens):
@@ -54,6 +56,8 @@ def work(i):
                 wrong.append([i, g])
     except Exception as e:
         errors.append(f"{type(e).__name__}: {e}")
+    finally:  # all end at once, just before the process does: the abort's moment
+        together.wait(120)
 
 ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
 for t in ts:
@@ -220,3 +224,18 @@ def test_arrays_only_another_thread_can_evaluate_raise_a_clear_error(tok):
     mx.eval(model.parameters())  # this thread can; then any thread can
     (got,) = in_threads([lambda: tokens_of(stream_generate(model, tok, PROMPTS[0], 4))])
     assert got == tokens_of(stream_generate(model, tok, PROMPTS[0], 4))
+
+
+def test_a_model_loaded_lazily_generates_on_another_thread(tmp_path, tok):
+    """``load`` (lazy by default) on this thread, decoding on a background thread:
+    the app's usual pattern; the weights are made where any thread may read them."""
+    from mlx_specstream.utils import load, save_model
+
+    save_model(tiny_model(), tiny_config(), tmp_path / "m")
+    tiny_hf_tokenizer().save_pretrained(tmp_path / "m")
+    model, tokenizer = load(tmp_path / "m")  # lazy: nothing evaluated yet
+    for kw in (dict(speculative=False), dict(tree=TreeShape(budget=8))):
+        (got,) = in_threads(
+            [lambda: tokens_of(stream_generate(model, tokenizer, PROMPTS[0], 6, **kw))]
+        )
+        assert got == tokens_of(stream_generate(model, tokenizer, PROMPTS[0], 6, **kw))

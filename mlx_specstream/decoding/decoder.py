@@ -359,7 +359,7 @@ def speculative_generate_step(
         streams = drafts.finish(candidates, heads is None) if candidates else None
         emitted += len(tokens)
         stretch = [stretch[0] + len(tokens), stretch[1] + 1]
-        yield Step(tokens, tree.size, verified, n - 1, v.logprobs[:n], reads)
+        yield Step(tokens, tree.size, verified, n - 1, v.logprobs(n), reads)
         if (
             options.fallback_cost > 0
             and stretch[1] > options.fallback_after

@@ -67,8 +67,8 @@ class Verdict:
 
     ``order[d]`` is the accepted node at depth d for d < ``length`` (entries past
     it are meaningless); ``anchor`` is the last of them, ``visible`` its path as a
-    (T,) mask; ``logprobs`` (T, V) are the log-softmax of each path node's
-    (processed) logits, in path order.
+    (T,) mask; ``logits`` (T, V) are each path node's (processed) logits, in path
+    order (``logprobs(n)`` normalises the first n).
     """
 
     order: mx.array  # (T,) int32
@@ -77,7 +77,11 @@ class Verdict:
     depth: mx.array  # () int32: the anchor's depth (length - 1)
     visible: mx.array  # (T,) bool
     correction: mx.array  # () int32
-    logprobs: mx.array  # (T, V) float32
+    logits: mx.array  # (T, V) float32
+
+    def logprobs(self, n: int) -> mx.array:
+        """(n, V) log-softmax of the first n path nodes' logits (lazy)."""
+        return log_softmax(self.logits[:n])
 
 
 def _chain(t: TreeArrays, accept: mx.array) -> tuple:
@@ -95,14 +99,18 @@ def _chain(t: TreeArrays, accept: mx.array) -> tuple:
 
 
 def _verdict(
-    t: TreeArrays, anchor: mx.array, visible: mx.array, correction: mx.array, lp
+    t: TreeArrays,
+    anchor: mx.array,
+    visible: mx.array,
+    correction: mx.array,
+    logits: mx.array,
 ) -> Verdict:
     T = t.tokens.shape[0]
     # (T, T): node i is the path's node at depth d; an empty column gives 0.
     at_depth = visible[:, None] & (t.depths[:, None] == mx.arange(T)[None, :])
     order = mx.argmax(at_depth.astype(mx.int32), axis=0).astype(mx.int32)
     depth = t.depths[anchor]
-    return Verdict(order, depth + 1, anchor, depth, visible, correction, lp[order])
+    return Verdict(order, depth + 1, anchor, depth, visible, correction, logits[order])
 
 
 class TreeVerifier:
@@ -133,7 +141,6 @@ class TreeVerifier:
             nodes = _node_histories(mx.array(history), tree)
             logits = apply_logits_processors(self.processors, nodes, logits)
         t = TreeArrays.of(tree)
-        lp = log_softmax(logits)
         root = mx.arange(tree.size) == 0
         if self.sampling.greedy:
             argmax = mx.argmax(logits, axis=-1).astype(mx.int32)
@@ -141,8 +148,9 @@ class TreeVerifier:
             if keep is not None:
                 accept = accept & keep
             anchor, visible = _chain(t, accept)
-            return _verdict(t, anchor, visible, argmax[anchor], lp)
-        probs = mx.exp(target_logprobs(lp, self.sampling))  # (T, V)
+            return _verdict(t, anchor, visible, argmax[anchor], logits)
+        # The filters are shift invariant: logits serve as log-probabilities.
+        probs = mx.exp(target_logprobs(logits, self.sampling))  # (T, V)
         q = probs[t.parents, t.tokens]  # (T,): each child's mass under its parent
         if keep is not None:
             q = mx.where(keep, q, 0.0)
@@ -159,7 +167,7 @@ class TreeVerifier:
         # Every candidate rejected and nothing left (a top-k edge): p itself.
         p = mx.where(p.sum() > 0, p, probs[anchor])
         correction = mx.random.categorical(mx.log(p)).astype(mx.int32)
-        return _verdict(t, anchor, visible, correction, lp)
+        return _verdict(t, anchor, visible, correction, logits)
 
 
 def _node_histories(context: mx.array, tree: Tree) -> List[mx.array]:

@@ -95,8 +95,6 @@ def tree_pass(
         rows = Rows.tree(tree.ancestor_mask, tree.depths, offset, model.streams, path)
     tokens = mx.array(tree.tokens)
     h = _run(model, model.embed(tokens), rows, cache, 0, model.split)
-    # Start the lower layers while the upper layers' graph is built.
-    mx.async_eval(h)
     keep = None
     if prune_threshold > 0 and T > 1:
         keep = _kept(model, tree, tokens, h[0], prune_threshold)
