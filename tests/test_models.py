@@ -247,3 +247,36 @@ def test_gemma3_long_context_drops_old_keys_and_equals_mlx_lm(tmp_path):
     one = Rows.causal(1, 150, model.streams)
     k1, _, m1 = one.visible_keys(k[..., :151, :], k[..., :151, :], 8)
     assert k1.shape[2] == 8 and m1 is None
+
+
+def test_node_streams_of_a_tree_node_past_the_window_equal_eq2():
+    """A tree node's streams, run after verification with the node on the device
+    (its window masked on the device over the uncompacted tree), equal the training
+    layout's streams at that position, past Gemma 3's sliding window."""
+    model = tiny_gemma3(1)
+    tokens = mx.array([(7 * i + 3) % 90 + 1 for i in range(20)])
+    _, streams = model.all_stream_logits(tokens)
+    cache = make_prompt_cache(model)
+    prefill(model, tokens[:17].tolist(), cache, step_size=5)  # caches 16 tokens
+    path = decode_path()
+    # Root tokens[16] with two children: a wrong one first, then tokens[17], whose
+    # child is tokens[18]; the node at depth 2 is tokens[18], position 18.
+    tree = Tree.from_paths(
+        int(tokens[16]),
+        [(int(tokens[17]) % 90 + 2,), (int(tokens[17]), int(tokens[18]))],
+    )
+    node = 3
+    assert tree.tokens[node] == int(tokens[18]) and tree.depths[node] == 2
+    p = streaming.tree_pass(model, cache, tree, [], 0.0, path)
+    s = streaming.node_streams(
+        model,
+        cache,
+        tree,
+        mx.array(tree.ancestor_mask[node]),
+        mx.array(2),
+        p.h_split[node],
+        path,
+    )
+    np.testing.assert_allclose(
+        np.array(model.logits(s)), np.array(streams[18]), atol=1e-4
+    )
