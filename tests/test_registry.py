@@ -135,3 +135,12 @@ def test_registered_gemma3_parts():
     assert [Path(m).name for _, m in entry.parts] == [
         f"gemma-3-270m-q4_k_m.gguf.part0{i}" for i in (0, 1, 2, 3)
     ]
+
+
+def test_the_default_model_s_shipped_streams_are_found():
+    """The registry converts the default model with the streams shipped in the
+    package (a wrong assets path converts it with untrained streams, silently)."""
+    from mlx_specstream.format import SETTINGS_FILE, STREAMS_FILE
+
+    shipped = registry.ASSETS / registry.DEFAULT_MODEL
+    assert (shipped / SETTINGS_FILE).is_file() and (shipped / STREAMS_FILE).is_file()

@@ -26,7 +26,7 @@ from .files import cache_root
 from .gguf import gguf_to_mlx
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # mlx_specstream/assets
 HF_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
 
 
