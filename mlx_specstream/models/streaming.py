@@ -37,18 +37,12 @@ class Tree(Protocol):
     def size(self) -> int: ...
 
 
-def _run(
-    model: Model, h: mx.array, rows: Rows, cache: List[Any], start: int, stop: int
-) -> mx.array:
-    return model.run_layers(h, rows, cache, start, stop)
-
-
 def prefill(
     model: Model, tokens: Sequence[int], cache: List[Any], path: DecodePath
 ) -> None:
     """Run ``tokens`` through every layer into the cache (no logits)."""
     rows = Rows.causal(len(tokens), cache[0].offset, model.streams, path)
-    _run(model, model.embed(mx.array(tokens)), rows, cache, 0, len(model.layers))
+    model.run_layers(model.embed(mx.array(tokens)), rows, cache, 0, len(model.layers))
 
 
 def step_logits(
@@ -56,7 +50,7 @@ def step_logits(
 ) -> mx.array:
     """One plain decoding step: (1,) token -> (1, V) float32 logits."""
     rows = Rows.causal(1, cache[0].offset, model.streams, path)
-    h = _run(model, model.embed(token), rows, cache, 0, len(model.layers))
+    h = model.run_layers(model.embed(token), rows, cache, 0, len(model.layers))
     return model.logits(h[0], float32=True)
 
 
@@ -94,7 +88,7 @@ def tree_pass(
     else:
         rows = Rows.tree(tree.ancestor_mask, tree.depths, offset, model.streams, path)
     tokens = mx.array(tree.tokens)
-    h = _run(model, model.embed(tokens), rows, cache, 0, model.split)
+    h = model.run_layers(model.embed(tokens), rows, cache, 0, model.split)
     keep = None
     if prune_threshold > 0 and T > 1:
         keep = _kept(model, tree, tokens, h[0], prune_threshold)
@@ -104,7 +98,7 @@ def tree_pass(
         a = h[0] if len(anchors) == T else h[0, mx.array(list(anchors))]
         s = model.streams.insert_streams(a).reshape(1, -1, h.shape[-1])  # (1, A*γ, h)
         h = mx.concatenate([h, s], axis=1)
-    h = _run(model, h, rows, cache, model.split, len(model.layers))[0]
+    h = model.run_layers(h, rows, cache, model.split, len(model.layers))[0]
     return TreePass(
         model.logits(h[:T], float32=True),
         h_split,
@@ -157,7 +151,7 @@ def node_streams(
         start, positions, visible, start + depth, model.streams, path
     )
     s = model.streams.insert_streams(h_node[None])  # (1, γ, h)
-    return _run(model, s, rows, cache, model.split, len(model.layers))[0]
+    return model.run_layers(s, rows, cache, model.split, len(model.layers))[0]
 
 
 def draft_logits(model: Model, states: mx.array) -> mx.array:
