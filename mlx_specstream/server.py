@@ -191,6 +191,7 @@ def create_app(
     decoding: Optional[dict] = None,
     api_key: Optional[str] = None,
     max_queue: int = 16,
+    max_batch: int = 8,
     max_body_bytes: int = 4 << 20,
     prompt_cache_entries: int = 8,
     prompt_cache_bytes: int = 2 << 30,
@@ -208,6 +209,8 @@ def create_app(
             request may override, the rest (speculation, tree, ...) is fixed.
         api_key: require ``Authorization: Bearer api_key`` on all but ``/health``.
         max_queue: requests that may wait behind the running one; more get 503.
+        max_batch: requests decoded at once (a plain batch; 1: one at a time, each
+            speculating). Families with sliding-window layers decode one at a time.
         max_body_bytes: larger request bodies get 413.
         prompt_cache_entries, prompt_cache_bytes: bounds of the cross-request cache.
         stream_fn, make_cache: the generation API (tests wrap them).
@@ -224,8 +227,11 @@ def create_app(
     # MLX cannot evaluate them from the worker thread.
     mx.eval(model.parameters())
     store = PromptStore(prompt_cache_entries, prompt_cache_bytes)
-    engine = Engine(model, tokenizer, decoding, store, stream_fn, make_cache)
+    engine = Engine(
+        model, tokenizer, decoding, store, stream_fn, make_cache, max_batch
+    )
     worker = Worker(engine.run, max_queue)
+    engine.worker = worker  # a batch takes waiting jobs from it
     created = int(time.time())
     fingerprint = f"mlx-specstream-{__version__}"
     vocab = int(model.args.vocab_size)
@@ -409,11 +415,13 @@ def create_app(
             "model": model_id,
             "queue": {
                 "running": worker.current is not None,
+                "decoding": worker.running,
                 "waiting": worker.waiting,
                 "max_waiting": worker.max_queue,
             },
             "served": worker.served,
             "failed": worker.failed,
+            "batches": engine.batches,
             "prompt_cache": store.stats(),
         }
 
@@ -471,6 +479,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         "--max-queue", type=int, default=16, help="requests that may wait; more get 503"
     )
     parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=8,
+        help="requests decoded at once in a plain batch (1: one at a time)",
+    )
+    parser.add_argument(
         "--max-request-bytes",
         type=int,
         default=4 << 20,
@@ -512,6 +526,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         decoding=kwargs,
         api_key=args.api_key,
         max_queue=args.max_queue,
+        max_batch=args.max_batch,
         max_body_bytes=args.max_request_bytes,
         prompt_cache_entries=args.prompt_cache_entries,
         prompt_cache_bytes=int(args.prompt_cache_gb * (1 << 30)),

@@ -11,13 +11,15 @@ import collections
 import math
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import mlx.core as mx
 
-from ..generate import stream_generate
-from ..models.cache import make_prompt_cache
-from ..sample_utils import make_logits_processors
+from ..generate import peak_memory_gb, stream_generate
+from ..models.cache import PromptCache, make_prompt_cache
+from ..models.twin import mlx_lm_twin
+from ..sample_utils import SamplingArgs, make_logits_processors
+from .batch import BatchDecoder, take_unfed
 from .prompt_store import PromptStore, StopMatcher
 from .requests import APIError, GenRequest
 
@@ -66,6 +68,7 @@ class Worker:
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0")
         self.run, self.max_queue = run, max_queue
+        self._taken: "set[Job]" = set()  # jobs ``take`` handed out, not released
         self._jobs: "collections.deque[Job]" = collections.deque()
         self._cv = threading.Condition()
         self._stop = False
@@ -91,6 +94,35 @@ class Worker:
             self._jobs.append(job)
             self._cv.notify()
 
+    @property
+    def running(self) -> int:
+        with self._cv:
+            return len(self._taken) + (self.current is not None)
+
+    def take(self) -> Optional[Job]:
+        """The next waiting job, for the running one to decode beside it (None:
+        none waits); whoever takes it calls ``release`` when it ends."""
+        with self._cv:
+            if self._stop or not self._jobs:
+                return None
+            job = self._jobs.popleft()
+            self._taken.add(job)
+        job.started.set()
+        return job
+
+    def release(self, job: Job, failed: bool = False) -> None:
+        """A job from ``take`` (or the running one) has ended."""
+        with self._cv:
+            if job not in self._taken:  # the running job: the loop counts it
+                job.finished.set()
+                return
+            self._taken.discard(job)
+            if failed:
+                self.failed += 1
+            else:
+                self.served += 1
+        job.finished.set()
+
     def cancel(self, job: Job) -> None:
         """Stop a job: dropped if still waiting, ended at its next token if running."""
         job.cancelled.set()
@@ -112,6 +144,8 @@ class Worker:
             self._jobs.clear()
             if self.current is not None:
                 self.current.cancelled.set()
+            for job in self._taken:
+                job.cancelled.set()
             self._cv.notify_all()
         self._thread.join(timeout)
 
@@ -139,8 +173,70 @@ class Worker:
                 job.finished.set()
 
 
+class _Run:
+    """One request's decoding state: its conversation cache, the answer's tokens,
+    the text sent and the figures, whether it decodes alone or in a batch."""
+
+    def __init__(self, job: Job, cache: PromptCache, reused: int, tokenizer):
+        self.job, self.req = job, job.req
+        self.cache, self.reused = cache, reused
+        self.tokenizer = tokenizer
+        self.stops = StopMatcher(job.req.stop)
+        self.answer: List[int] = []  # tokens of the answer (an ending EOS is not)
+        self.sent = 0  # characters of the decoded answer handed to the stops
+        self.drafted = 0
+        self.passes = 0  # forward passes of finished segments (alone or batched)
+        self.finish: Optional[str] = None
+        self.hit = False  # a stop string ended the answer
+        self.last: Any = None  # the last response of a speculative segment
+        self.prompt_tps = 0.0
+        self.tic = time.perf_counter()
+        self.first: Optional[float] = None  # when the first token came
+
+    @property
+    def left(self) -> int:
+        return self.req.max_tokens - len(self.answer)
+
+    def add(self, token: int, eos: bool) -> None:
+        """Take one generated token: its text goes through the stop strings to the
+        client; a stop string ends the run."""
+        self.job.tokens_seen += 1
+        if self.first is None:
+            self.first = time.perf_counter()
+        if eos:
+            return
+        self.answer.append(token)
+        # The whole answer decoded again (as mlx-lm's naive detokenizer): any
+        # tokenizer, and no text lost when the run moves between decoders.
+        text = self.tokenizer.decode(self.answer)
+        if text.endswith("\ufffd"):  # a character's bytes not all there yet
+            return
+        new, self.sent = text[self.sent :], len(text)
+        out, hit = self.stops.feed(new)
+        if out:
+            self.job.emit("text", out)
+        if hit:
+            self.finish, self.hit = "stop", True
+
+    def flush(self) -> None:
+        if self.hit:  # the stop string's text and what follows are not sent
+            return
+        text = self.tokenizer.decode(self.answer)
+        out, hit = self.stops.feed(text[self.sent :])
+        self.sent = len(text)
+        rest = "" if hit else self.stops.flush()
+        if out or rest:
+            self.job.emit("text", out + rest)
+
+
 class Engine:
-    """Turns validated requests into tokens: prompt cache, sampling, stop strings."""
+    """Turns validated requests into tokens: prompt cache, sampling, stop strings.
+
+    A request alone decodes speculatively (``stream_fn``). When others wait and the
+    model's family can batch (``models/twin.py``), the running request leaves its
+    speculative decoding between passes and joins them in one plain batch of up to
+    ``max_batch`` sequences; the last one left goes back to speculating.
+    """
 
     def __init__(
         self,
@@ -150,6 +246,7 @@ class Engine:
         store: Optional[PromptStore] = None,
         stream_fn: Callable = stream_generate,
         make_cache: Callable = make_prompt_cache,
+        max_batch: int = 8,
     ):
         self.model, self.tokenizer = model, tokenizer
         decoding = dict(decoding or {})
@@ -160,85 +257,196 @@ class Engine:
         self.store = store if store is not None else PromptStore()
         self.stream_fn, self.make_cache = stream_fn, make_cache
         self.context = int(getattr(model.args, "max_position_embeddings", 0) or 0)
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = max_batch
+        self.worker: Optional["Worker"] = None  # set by ``Worker``: jobs to batch
+        self._twin: Any = False  # made on first need (None: cannot batch)
+        self.batches = 0  # batches run (health and tests read it)
+        self._primary: Optional[Job] = None  # the job the worker gave ``run``
+
+    @property
+    def twin(self) -> Any:
+        if self._twin is False:
+            self._twin = mlx_lm_twin(self.model) if self.max_batch > 1 else None
+        return self._twin
+
+    def _others_waiting(self) -> bool:
+        return self.worker is not None and self.worker.waiting > 0
 
     def run(self, job: Job) -> None:
+        """Run ``job`` (the worker's), and the jobs that join it in a batch."""
+        self._primary = job
+        runs = [self._open(job)]
+        try:
+            while runs:
+                if len(runs) == 1 and not (self._others_waiting() and self.twin):
+                    run = runs.pop()
+                    if not self._alone(run):  # it finished
+                        continue
+                    runs = [run]  # others came: batch them all
+                runs = self._batched(runs)
+        except BaseException as e:
+            for run in runs:
+                self._fail(run.job, e)
+            raise
+
+    def _open(self, job: Job) -> _Run:
+        """A run for ``job``: the longest cached prefix, the rest of the prompt
+        pending in the cache record."""
         req = job.req
         ids = req.ids
         # The longest cached prefix, less at least one new token for the decoder.
         cache, reused = self.store.take(ids, len(ids) - 1)
         if cache is None:
             cache, reused = self.make_cache(self.model), 0
+        cache.sync()
+        cache.tokens.extend(ids[reused:])
+        cache.pending += len(ids) - reused
+        if req.seed is not None:
+            mx.random.seed(req.seed)
+        return _Run(job, cache, reused, self.tokenizer)
+
+    def _kwargs(self, req: GenRequest) -> dict:
         kwargs = {**self.decoding, **req.sampling}
         if req.penalties:
             # The processors see the whole conversation the cache holds, so a
             # cache hit decodes as from scratch.
             kwargs["logits_processors"] = make_logits_processors(**req.penalties)
-        if req.seed is not None:
-            mx.random.seed(req.seed)
-        stops = StopMatcher(req.stop)
-        completion, drafted, finish, last = 0, 0, None, None
+        return kwargs
+
+    def _alone(self, run: _Run) -> bool:
+        """Decode ``run`` speculatively until it ends (False) or others wait to
+        be batched with it (True)."""
+        prompt = take_unfed(run.cache)
         gen = self.stream_fn(
             self.model,
             self.tokenizer,
-            ids[reused:],
-            req.max_tokens,
-            prompt_cache=cache,
-            **kwargs,
+            prompt,
+            run.left,
+            prompt_cache=run.cache,
+            **self._kwargs(run.req),
         )
+        handover, last = False, None
         try:
             for r in gen:
                 last = r
-                job.tokens_seen += 1
-                if job.cancelled.is_set():
+                if run.job.cancelled.is_set():
                     break
-                if r.finish_reason != "stop":  # "stop": the token is the EOS
-                    completion += 1
-                    drafted += bool(getattr(r, "from_draft", False))
-                text, hit = stops.feed(r.text)
-                if text:
-                    job.emit("text", text)
-                if hit:
-                    finish = "stop"
+                run.drafted += bool(getattr(r, "from_draft", False))
+                run.add(int(r.token), r.finish_reason == "stop")
+                if r.finish_reason and not run.finish:
+                    run.finish = r.finish_reason
+                if run.finish:
                     break
-                if r.finish_reason:
-                    finish = r.finish_reason
+                if self._others_waiting() and self.twin is not None:
+                    handover = True
                     break
         finally:
             # Closing the generator trims drafts past the last token taken, so the
             # cache holds exactly the conversation so far; a failed request's cache
             # is dropped (this line is not reached).
             gen.close()
-        self.store.put(cache)
-        if job.cancelled.is_set():
+        if last is not None:
+            run.passes += int(getattr(last, "forward_calls", 0) or 0)
+            if not run.prompt_tps:
+                run.prompt_tps = float(getattr(last, "prompt_tps", 0) or 0)
+            run.last = last
+        if handover and not run.job.cancelled.is_set():
+            return True
+        self._close(run)
+        return False
+
+    def _batched(self, runs: List[_Run]) -> List[_Run]:
+        """Decode ``runs`` and the jobs that come, in one plain batch; returns the
+        run to go on alone (the only one left, with nobody waiting) or []."""
+        self.batches += 1
+        eos = list(getattr(self.tokenizer, "eos_token_ids", None) or [])
+        batch = BatchDecoder(self.twin, eos, self.max_batch)
+        active: Dict[int, _Run] = {}
+
+        def admit(run: _Run) -> None:
+            # A run's sampler is its request's; the tree settings do not apply.
+            kwargs = self._kwargs(run.req)
+            sampling = {k: kwargs[k] for k in SAMPLING_KEYS if k in kwargs}
+            uid = batch.add(
+                run.cache,
+                run.left,
+                SamplingArgs(**sampling),
+                kwargs.get("logits_processors"),
+            )
+            active[uid] = run
+
+        try:
+            for run in runs:
+                admit(run)
+            runs = []
+            while active:
+                for uid, token, finish in batch.step():
+                    run = active[uid]
+                    run.passes += 1
+                    if not run.job.cancelled.is_set():
+                        run.add(token, finish == "stop")
+                        run.finish = run.finish or finish
+                for uid, run in list(active.items()):
+                    if run.finish or run.job.cancelled.is_set():
+                        run.cache = batch.remove(uid)
+                        del active[uid]
+                        self._close(run)
+                while len(active) < self.max_batch and self.worker is not None:
+                    job = self.worker.take()
+                    if job is None:
+                        break
+                    try:
+                        admit(self._open(job))
+                    except BaseException as e:  # that request alone fails
+                        self._fail(job, e)
+                if len(active) == 1 and not self._others_waiting():
+                    ((uid, run),) = active.items()
+                    run.cache = batch.remove(uid)
+                    active.clear()
+                    return [run]
+            return []
+        except BaseException as e:
+            for run in active.values():
+                self._fail(run.job, e)
+            raise
+        finally:
+            batch.close()
+
+    def _close(self, run: _Run) -> None:
+        """The run has ended (or was cancelled): keep its cache, answer the client."""
+        self.store.put(run.cache)
+        job = run.job
+        if not job.cancelled.is_set():
+            run.flush()
+            job.emit("done", (run.finish or "length", self.usage(run)))
+        if self.worker is not None:
+            self.worker.release(job)
+
+    def _fail(self, job: Job, error: BaseException) -> None:
+        if job is self._primary or job.finished.is_set():  # answered already
             return
-        rest = stops.flush()  # empty after a stop string
-        if rest:
-            job.emit("text", rest)
-        job.emit(
-            "done",
-            (finish or "length", self.usage(req, reused, completion, drafted, last)),
-        )
+        job.emit("error", error)
+        if self.worker is not None:
+            self.worker.release(job, failed=True)
 
-    def usage(
-        self, req: GenRequest, reused: int, completion: int, drafted: int, last
-    ) -> dict:
+    def usage(self, run: _Run) -> dict:
         """OpenAI's usage, with our figures in ``specstream`` (clients ignore it)."""
-
-        def figure(name: str) -> float:
-            return float(getattr(last, name, 0) or 0)
-
+        req, completion = run.req, len(run.answer)
+        gen_s = time.perf_counter() - (run.first or run.tic)
         ours = {
-            "forward_passes": int(figure("forward_calls")),
-            "tokens_per_pass": round(figure("tokens_per_pass"), 3),
-            "draft_tokens_accepted": drafted,
-            "prompt_tps": round(figure("prompt_tps"), 3),
-            "generation_tps": round(figure("generation_tps"), 3),
-            "peak_memory_gb": round(figure("peak_memory"), 3),
+            "forward_passes": run.passes,
+            "tokens_per_pass": round(completion / run.passes, 3) if run.passes else 0.0,
+            "draft_tokens_accepted": run.drafted,
+            "prompt_tps": round(run.prompt_tps, 3),
+            "generation_tps": round(completion / gen_s, 3) if gen_s > 0 else 0.0,
+            "peak_memory_gb": round(peak_memory_gb(), 3),
         }
         return {
             "prompt_tokens": len(req.ids),
             "completion_tokens": completion,
             "total_tokens": len(req.ids) + completion,
-            "prompt_tokens_details": {"cached_tokens": reused},
+            "prompt_tokens_details": {"cached_tokens": run.reused},
             "specstream": ours,
         }
