@@ -227,9 +227,7 @@ def create_app(
     # MLX cannot evaluate them from the worker thread.
     mx.eval(model.parameters())
     store = PromptStore(prompt_cache_entries, prompt_cache_bytes)
-    engine = Engine(
-        model, tokenizer, decoding, store, stream_fn, make_cache, max_batch
-    )
+    engine = Engine(model, tokenizer, decoding, store, stream_fn, make_cache, max_batch)
     worker = Worker(engine.run, max_queue)
     engine.worker = worker  # a batch takes waiting jobs from it
     created = int(time.time())

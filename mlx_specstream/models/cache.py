@@ -102,6 +102,40 @@ class PromptCache(list):
             if c.offset > self.fed:
                 c.trim(c.offset - self.fed)
 
+    @classmethod
+    def from_layers(
+        cls, layers: Sequence[KVCache], conversation: Sequence[int]
+    ) -> "PromptCache":
+        """A record of ``conversation`` over mlx-lm layer caches (e.g. from a batch):
+        tokens past their K/V are pending; K/V past the conversation (a token fed
+        ahead, such as a final EOS) are dropped."""
+        out = cls()
+        for c in layers:
+            t = TreeKVCache()
+            n = min(c.offset, len(conversation))
+            if c.keys is not None and n > 0:
+                t.keys, t.values = c.keys[..., :n, :], c.values[..., :n, :]
+                t.offset = n
+            out.append(t)
+        out.tokens = list(conversation)
+        out.pending = len(out.tokens) - (out[0].offset if out else 0)
+        return out
+
+    def take_unfed(self) -> List[int]:
+        """Take the unfed tokens off the record and return them (the next decoder's
+        prompt); when all are fed, the last token is given back to be fed again,
+        since a decoder needs one."""
+        self.sync()
+        if self.pending == 0:
+            last = self.tokens[-1]
+            self.trim(1)
+            return [last]
+        fed = self.fed
+        prompt = self.tokens[fed:]
+        del self.tokens[fed:]
+        self.pending = 0
+        return prompt
+
     def trim(self, n: int) -> int:
         """Drop the conversation's last ``n`` tokens; returns how many were dropped."""
         self.sync()

@@ -15,11 +15,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 import mlx.core as mx
 
+from ..device import on_device
 from ..generate import peak_memory_gb, stream_generate
 from ..models.cache import PromptCache, make_prompt_cache
 from ..models.twin import mlx_lm_twin
 from ..sample_utils import SamplingArgs, make_logits_processors
-from .batch import BatchDecoder, take_unfed
+from ..decoding.batch import BatchDecoder
 from .prompt_store import PromptStore, StopMatcher
 from .requests import APIError, GenRequest
 
@@ -268,7 +269,8 @@ class Engine:
     @property
     def twin(self) -> Any:
         if self._twin is False:
-            self._twin = mlx_lm_twin(self.model) if self.max_batch > 1 else None
+            with on_device():  # its check runs both models
+                self._twin = mlx_lm_twin(self.model) if self.max_batch > 1 else None
         return self._twin
 
     def _others_waiting(self) -> bool:
@@ -318,7 +320,7 @@ class Engine:
     def _alone(self, run: _Run) -> bool:
         """Decode ``run`` speculatively until it ends (False) or others wait to
         be batched with it (True)."""
-        prompt = take_unfed(run.cache)
+        prompt = run.cache.take_unfed()
         gen = self.stream_fn(
             self.model,
             self.tokenizer,
@@ -362,7 +364,7 @@ class Engine:
         run to go on alone (the only one left, with nobody waiting) or []."""
         self.batches += 1
         eos = list(getattr(self.tokenizer, "eos_token_ids", None) or [])
-        batch = BatchDecoder(self.twin, eos, self.max_batch)
+        batch = BatchDecoder(self.twin, eos, self.max_batch, on_device)
         active: Dict[int, _Run] = {}
 
         def admit(run: _Run) -> None:
@@ -382,6 +384,15 @@ class Engine:
                 admit(run)
             runs = []
             while active:
+                # Waiting jobs join before the step: their prefills run together.
+                while len(active) < self.max_batch and self.worker is not None:
+                    job = self.worker.take()
+                    if job is None:
+                        break
+                    try:
+                        admit(self._open(job))
+                    except BaseException as e:  # that request alone fails
+                        self._fail(job, e)
                 for uid, token, finish in batch.step():
                     run = active[uid]
                     run.passes += 1
@@ -393,14 +404,6 @@ class Engine:
                         run.cache = batch.remove(uid)
                         del active[uid]
                         self._close(run)
-                while len(active) < self.max_batch and self.worker is not None:
-                    job = self.worker.take()
-                    if job is None:
-                        break
-                    try:
-                        admit(self._open(job))
-                    except BaseException as e:  # that request alone fails
-                        self._fail(job, e)
                 if len(active) == 1 and not self._others_waiting():
                     ((uid, run),) = active.items()
                     run.cache = batch.remove(uid)
