@@ -13,7 +13,8 @@ not) with clients that hang up (mid-stream, or before a non-streamed answer) and
 requests (malformed JSON, a negative temperature, no messages, an unknown model, no
 API key). Checks: every good request is answered with its prompt's expected answer
 (none lost, none mixed up: the clients' prompts differ), every bad one gets its
-status, the server is healthy after (nothing waiting, no failed request), and its
+status, the server is healthy after (nothing waiting, no failed request), it batched
+concurrent requests at least once (the tiny model), and its
 resident memory (``VmRSS`` of the server process, after each round) does not grow
 from the second round to the last by more than ``--rss-margin-mb`` (the first round
 warms up allocators and the prompt cache). Bounded by ``--timeout`` seconds in all.
@@ -347,6 +348,9 @@ def run(
         problems.append(("lost", tally.get("good_answered", 0), good_each * len(rss)))
     if health["status"] != "ok" or health["failed"] or health["queue"]["waiting"]:
         problems.append(("health", health))
+    # Concurrent clients on the tiny Llama model are batched (continuous batching).
+    if tiny and clients > 1 and not health.get("batches"):
+        problems.append(("batching", "no request was ever decoded in a batch"))
     growth = None
     if len(rss) >= 2 and None not in rss:
         base_mb = rss[1] if len(rss) >= 3 else rss[0]
@@ -367,6 +371,7 @@ def run(
         "peak_rss_mb": None if hwm is None else round(hwm, 1),
         "served": health["served"],
         "failed": health["failed"],
+        "batches": health.get("batches"),
         "problems": problems,
     }
 

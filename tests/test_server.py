@@ -427,16 +427,26 @@ def test_prompt_store_lru_bounds_and_longest_prefix(loaded):
     store.put(b)
     assert len(store) == 2
     got, n = store.take([5, 6, 7, 8, 10, 11], limit=5)
-    assert got is a and n == len(a.tokens) and n >= 4  # the longest shared prefix
-    got, n = store.take([5, 6, 9, 1], limit=1)  # limit caps reuse, cache trimmed to it
-    assert got is b and n == 1 and b.tokens == [5]
+    assert n >= 4 and got.tokens == a.tokens[:n]  # the longest shared prefix
+    got, n = store.take(a.tokens + [10], limit=99)  # a's whole conversation
+    assert got is a and n == len(a.tokens) and len(store) == 1  # taken, not copied
+    store.put(a)
+    # A shared prefix only (limit caps reuse): a copy of it, and b stays.
+    b_tokens = list(b.tokens)
+    got, n = store.take([5, 6, 9, 1], limit=1)
+    assert got is not b and n == 1 and got.tokens == [5] and got[0].offset == 1
+    assert b.tokens == b_tokens and len(store) == 2
+    more = list(stream_generate(model, tokenizer, [6, 9], 3, prompt_cache=got))
+    assert [r.token for r in more] == [
+        r.token for r in stream_generate(model, tokenizer, [5, 6, 9], 3)
+    ]
+    assert b.tokens == b_tokens and b[0].offset == len(b_tokens) - b.pending
     assert store.take([5], limit=0) == (None, 0)
     store.put(a)
-    store.put(b)
-    store.put(cache_for([40, 41]))  # a third entry evicts the oldest
+    store.put(cache_for([40, 41]))  # a third entry evicts the oldest (b)
     assert len(store) == 2
-    got, n = store.take([5, 6, 7, 8], 99)  # a went; b (now [5]) shares one token
-    assert got is b and n == 1
+    got, n = store.take([5, 6, 9], 99)  # b went; a shares two tokens
+    assert got is not a and n == 2
     tiny = PromptStore(max_entries=8, max_bytes=1)  # nothing fits in one byte
     tiny.put(cache_for([5, 6]))
     assert len(tiny) == 0

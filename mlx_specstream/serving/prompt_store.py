@@ -19,6 +19,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from mlx_lm.utils import common_prefix_len
 
+from ..models.cache import PromptCache
+
 # Length of the longest common prefix of two token sequences (mlx-lm's).
 common_prefix = common_prefix_len
 
@@ -60,14 +62,20 @@ class PromptStore:
             return sum(cache_nbytes(c) for c in self._entries.values())
 
     def take(self, tokens: Sequence[int], limit: int) -> Tuple[Optional[list], int]:
-        """Remove and return the cache sharing the longest prefix with ``tokens``.
+        """The cache sharing the longest prefix with ``tokens``, trimmed to it.
+
+        A request that continues an entry's whole conversation takes the entry
+        itself (it leaves the store). One that shares only a prefix (a system
+        prompt, an earlier turn) gets a copy of that prefix and the entry stays, so
+        requests that share it, at once or later, all reuse it (the copy shares the
+        K/V arrays until it grows).
 
         Args:
             tokens: the new request's tokens.
             limit: reuse at most this many (the decoder needs at least one new token).
 
         Returns:
-            ``(cache, reused)``: the cache trimmed to its first ``reused`` tokens, or
+            ``(cache, reused)``: a cache holding the first ``reused`` tokens, or
             ``(None, 0)`` when nothing is shared.
         """
         with self._lock:
@@ -79,11 +87,13 @@ class PromptStore:
             if best is None:
                 self.misses += 1
                 return None, 0
-            cache = self._entries.pop(best)
             self.hits += 1
             self.reused_tokens += best_n
-        cache.trim(len(cache.tokens) - best_n)
-        return cache, best_n
+            if best_n == len(best):
+                return self._entries.pop(best), best_n
+            self._entries.move_to_end(best)  # used: the last to be evicted
+            entry = self._entries[best]
+        return PromptCache.from_layers(list(entry), entry.tokens[:best_n]), best_n
 
     def put(self, cache: list) -> None:
         """Keep ``cache`` under the tokens it holds; evict the oldest if over."""
