@@ -230,7 +230,7 @@ def create_app(
     engine = Engine(model, tokenizer, decoding, store, stream_fn, make_cache, max_batch)
     worker = Worker(engine.run, max_queue)
     engine.worker = worker  # a batch takes waiting jobs from it
-    engine.twin  # built now (a probe through both models), not by the first batch
+    _ = engine.twin  # built now (a probe through both models), not by the first batch
     created = int(time.time())
     fingerprint = f"mlx-specstream-{__version__}"
     vocab = int(model.args.vocab_size)
