@@ -179,7 +179,7 @@ def test_batch_generate_equals_generate_for_every_prompt():
     for p, m, text, ids, cache in zip(PROMPTS, limits, r.texts, r.token_ids, r.caches):
         alone = generate(model, tok, p, max_tokens=m, logits_processors=procs, **TREE)
         assert text == alone and tok.decode(ids) == text
-        assert cache.tokens == p + ids
+        assert cache.tokens[: len(p) + len(ids)] == p + ids
     one = batch_generate(model, tok, PROMPTS[:1], max_tokens=10, **TREE)
     assert not one.batched  # alone: speculative
     assert one.texts[0] == generate(model, tok, PROMPTS[0], max_tokens=10, **TREE)
@@ -231,15 +231,60 @@ def loaded(tmp_path_factory):
     return load(path)
 
 
-def _held(release: threading.Event):
-    """stream_generate that starts only once ``release`` is set: requests sent
-    meanwhile wait in the queue, so the batch they make is known."""
+BLOCKER = {"prompt": [77, 78, 79], "max_tokens": 6}
 
-    def stream_fn(*args, **kw):
-        release.wait(30)
-        yield from stream_generate(*args, **kw)
+
+def _held(entered: threading.Event, release: threading.Event):
+    """stream_generate that holds the BLOCKER request (token 77) until ``release``:
+    requests sent while it is held wait in the queue, so the batch they make
+    when it goes on is known."""
+
+    def stream_fn(model, tokenizer, prompt, *args, **kw):
+        if 77 in list(prompt):
+            entered.set()
+            release.wait(30)
+        yield from stream_generate(model, tokenizer, prompt, *args, **kw)
 
     return stream_fn
+
+
+def _behind_blocker(app, client, bodies, also=()):
+    """Send BLOCKER, then ``bodies`` (and run ``also`` threads) once it is held;
+    let it go when all wait. Returns the bodies' responses."""
+    entered, release = app.state.entered, app.state.release
+    entered.clear()
+    release.clear()
+    results = {}
+    blocker = threading.Thread(
+        target=lambda: results.update(b=client.post("/v1/completions", json=BLOCKER))
+    )
+    blocker.start()
+    assert entered.wait(30)
+    threads = [
+        threading.Thread(target=lambda: results.update(r=_answers(client, bodies))),
+        *also,
+    ]
+    for t in threads:
+        t.start()
+    _wait_for(lambda: app.state.worker.waiting == len(bodies) + len(also))
+    release.set()
+    for t in [blocker, *threads]:
+        t.join(60)
+    assert results["b"].status_code == 200
+    return results["r"]
+
+
+def _app(loaded, **kw):
+    entered, release = threading.Event(), threading.Event()
+    release.set()
+    app = create_app(
+        *loaded,
+        decoding=dict(max_tokens=24, **TREE),
+        stream_fn=_held(entered, release),
+        **kw,
+    )
+    app.state.entered, app.state.release = entered, release
+    return app
 
 
 BODIES = [
@@ -257,72 +302,45 @@ def _answers(client, bodies):
 
 
 def test_server_answers_under_load_equal_each_alone(loaded):
-    release = threading.Event()
-    app = create_app(
-        *loaded, decoding=dict(max_tokens=24, **TREE), stream_fn=_held(release)
-    )
+    app = _app(loaded)
     try:
         client = TestClient(app)
-        release.set()
         alone = [client.post("/v1/completions", json=b).json() for b in BODIES]
         assert app.state.engine.batches == 0
-        release.clear()
-        results = {}
-        thread = threading.Thread(
-            target=lambda: results.update(r=_answers(client, BODIES))
-        )
-        thread.start()
-        _wait_for(lambda: app.state.worker.waiting == len(BODIES) - 1)
-        release.set()
-        thread.join(60)
-        together = [r.json() for r in results["r"]]
+        together = [r.json() for r in _behind_blocker(app, client, BODIES)]
         assert app.state.engine.batches >= 1
         for a, b in zip(alone, together):
             assert b["choices"][0]["text"] == a["choices"][0]["text"]
             assert b["choices"][0]["finish_reason"] == a["choices"][0]["finish_reason"]
             assert b["usage"]["completion_tokens"] == a["usage"]["completion_tokens"]
         health = client.get("/health").json()
-        assert health["served"] == 2 * len(BODIES) and health["failed"] == 0
+        assert health["served"] == 2 * len(BODIES) + 1 and health["failed"] == 0
         assert health["queue"]["decoding"] == 0 and health["queue"]["waiting"] == 0
     finally:
         app.state.worker.stop()
 
 
 def test_server_cancels_one_sequence_of_a_batch(loaded):
-    release = threading.Event()
-    app = create_app(
-        *loaded, decoding=dict(max_tokens=24, **TREE), stream_fn=_held(release)
-    )
+    app = _app(loaded)
     try:
         client = TestClient(app)
-        release.set()
         alone = [client.post("/v1/completions", json=b).json() for b in BODIES[:3]]
-        release.clear()
-        results = {}
+        left = {}
         leaving = {"prompt": [20, 30], "max_tokens": 400, "stream": True}
 
         def leave():
             def until(sent):
                 return sum(b'"text"' in m.get("body", b"") for m in sent) >= 3
 
-            results["left"] = asyncio.run(
+            left["sent"] = asyncio.run(
                 _call_and_leave(app, "/v1/completions", leaving, until)
             )
 
-        threads = [
-            threading.Thread(target=leave),
-            threading.Thread(
-                target=lambda: results.update(r=_answers(client, BODIES[:3]))
-            ),
-        ]
-        for t in threads:
-            t.start()
-        _wait_for(lambda: app.state.worker.waiting == 3)
-        release.set()
-        for t in threads:
-            t.join(60)
-        assert not any(b"[DONE]" in m.get("body", b"") for m in results["left"])
-        for a, b in zip(alone, results["r"]):
+        together = _behind_blocker(
+            app, client, BODIES[:3], also=[threading.Thread(target=leave)]
+        )
+        assert not any(b"[DONE]" in m.get("body", b"") for m in left["sent"])
+        for a, b in zip(alone, together):
             assert b.json()["choices"][0]["text"] == a["choices"][0]["text"]
         _wait_for(lambda: app.state.worker.running == 0)
         assert app.state.engine.batches >= 1

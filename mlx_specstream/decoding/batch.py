@@ -86,8 +86,8 @@ class BatchDecoder:
         with self._guard():
             out = []
             for r in self._gen.next_generated():
-                if r.finish_reason != "stop":  # an EOS is not part of the answer
-                    self._conversation[r.uid].append(int(r.token))
+                # An ending EOS stays in the record, as stream_generate keeps it.
+                self._conversation[r.uid].append(int(r.token))
                 if r.finish_reason is not None:  # it left the batch: keep its K/V
                     self._finished[r.uid] = r.prompt_cache
                 out.append((r.uid, int(r.token), r.finish_reason))
