@@ -115,8 +115,10 @@ def batch_generate(
     ids = [
         encode_prompt(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts
     ]
-    # Copies: the caller's caches are left as they were.
-    caches = [_copy(as_prompt_cache(model, c)) for c in caches]
+    # Copies that grow on their own (K/V arrays shared until written): the caller's
+    # caches are left as they were.
+    caches = [as_prompt_cache(model, c) for c in caches]
+    caches = [PromptCache.from_layers(list(c), c.tokens) for c in caches]
     for p, c, m in zip(ids, caches, limits):
         c.sync()
         if m < 1:
@@ -145,14 +147,6 @@ def batch_generate(
         answers if return_token_ids else None,
         twin is not None,
     )
-
-
-def _copy(cache: PromptCache) -> PromptCache:
-    """A cache with the same record and K/V that can grow on its own (the K/V
-    arrays are shared until one side writes: MLX copies on write)."""
-    out = PromptCache.from_layers(list(cache), cache.tokens)
-    out.pending = cache.pending
-    return out
 
 
 def _in_turn(model, twin, tokenizer, ids, caches, limits, max_batch, kwargs):
