@@ -217,7 +217,7 @@ def measure(
     prompt_tokens: int = 32,
     repeats: int = 7,
     budget: int = 16,
-    passes: Sequence[str] = ("tree", "likely", "accepted"),
+    passes: Sequence[str] = ("tree", "likely", "accepted", "pipelined"),
     warmup: int = 1,
     mlx_lm_dtype: str = "ours",
     strict_mlx_lm: bool = False,
@@ -280,6 +280,11 @@ def measure(
     except ImportError:
         drafter = StreamDrafter(shape)
     known = tuple(getattr(dec, "STREAM_PASSES", ("tree", "accepted")))
+    try:  # the pipelined loop (fixed tree, greedy), where this checkout has it
+        resident = importlib.import_module(pkg + "resident")
+        known += ("pipelined",)
+    except ImportError:
+        resident = None
     absent = [p for p in passes if p not in known]
     passes = [p for p in passes if p in known]
     gen_stream = getattr(lm_generate, "generation_stream", None)
@@ -299,9 +304,13 @@ def measure(
 
     def run_spec(stream_pass):
         def run():
-            steps = dec.speculative_generate_step(
-                ids, model, drafter, options=dec.DecodeOptions(stream_pass=stream_pass)
-            )
+            if stream_pass == "pipelined":
+                steps = resident.resident_generate_step(ids, model, budget=budget)
+            else:
+                options = dec.DecodeOptions(stream_pass=stream_pass)
+                steps = dec.speculative_generate_step(
+                    ids, model, drafter, options=options
+                )
             out = _timed_run(steps, tokens, lambda s: list(s.tokens))
             _sync()
             return out
@@ -582,7 +591,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, default=16, help="tree nodes, root included")
     p.add_argument(
         "--passes",
-        default="tree,likely,accepted",
+        default="tree,likely,accepted,pipelined",
         type=lambda s: [x for x in s.split(",") if x],
     )
     p.add_argument("--layers", type=int, default=4)

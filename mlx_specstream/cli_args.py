@@ -62,6 +62,12 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
         help="add prompt-lookup drafts to the tree (default: calibrated)",
     )
     parser.add_argument(
+        "--pipelined",
+        action="store_true",
+        help="greedy speculation with a fixed tree, drafted and verified on the "
+        "device while the host builds the next pass",
+    )
+    parser.add_argument(
         "--verbose", action="store_true", help="print the BLAS in use and timings"
     )
 
@@ -84,6 +90,7 @@ def decoding_kwargs(args: argparse.Namespace) -> dict:
         prune_threshold=args.prune_threshold,
         stream_pass=args.stream_pass,
         prompt_lookup=args.prompt_lookup,
+        pipelined=args.pipelined,
     )
 
 

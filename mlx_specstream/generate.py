@@ -27,11 +27,13 @@ from .decoding.decoder import (
 )
 from .decoding.defaults import DEFAULT_STREAM_PASS, choose_speculation
 from .decoding.drafters import Drafter
+from .decoding.resident import resident_generate_step
 from .decoding.state import state_of
 from .decoding.tree import TreeShape
 from .device import device_steps, generating
 from .models.cache import PromptCache, as_prompt_cache
 from .models.llama import Model
+from .models.resident import supported as resident_supported
 from .prompts import apply_chat_template, encode_prompt
 from .sample_utils import LogitsProcessor, Sampler, SamplingArgs, known_sampler
 
@@ -189,6 +191,7 @@ def stream_generate(
     stream_pass: Optional[str] = None,
     drafter: Optional[Drafter] = None,
     prompt_lookup: Optional[bool] = None,
+    pipelined: bool = False,
     **kwargs,
 ) -> Iterator[GenerationResponse]:
     """Generate text, yielding one response per token, as ``mlx_lm.stream_generate``.
@@ -236,6 +239,11 @@ def stream_generate(
         drafter: replaces the stream drafter (prompt lookup, tests' oracles).
         prompt_lookup: put an n-gram chain copied from the conversation in each
             tree, within its budget. Default: calibrated, else False.
+        pipelined: greedy speculation with a fixed tree of ``tree``'s budget
+            (default: calibrated, else 16), drafted, verified and advanced on the
+            device so the host builds each pass while the previous one runs
+            (``decoding/resident.py``). No sampling, processors, prompt lookup or
+            sliding-window families (``ValueError``).
         kwargs: other ``mlx_lm.stream_generate`` arguments. ``stream``,
             ``kv_group_size``, ``quantized_kv_start`` and ``num_draft_tokens`` are
             ignored (they change nothing here); ``draft_model``, ``max_kv_size``,
@@ -258,8 +266,9 @@ def stream_generate(
     limit = _check_inputs(model, ids, max_tokens, len(cache.tokens))
     sampler = _sampling(sampler, temp, top_p, min_p, top_k, min_tokens_to_keep)
     known = known_sampler(sampler)
+    asked_prune = prune_threshold
     spec = None
-    if speculative:
+    if speculative and not pipelined:
         if prune_threshold is None:
             prune_threshold = model.streams.args.prune_threshold
         if known is not None and known.tree_exact:  # else plain, with that sampler
@@ -276,7 +285,19 @@ def stream_generate(
         logits_processors=logits_processors,
         prompt_progress_callback=prompt_progress_callback,
     )
-    if spec is not None:
+    if pipelined:
+        asked = (speculative, tree, drafter, prompt_lookup, stream_pass, asked_prune)
+        budget = _pipelined_budget(model, known, logits_processors, *asked)
+        steps = resident_generate_step(
+            ids,
+            model,
+            budget,
+            limit,
+            prefill_step_size,
+            cache,
+            prompt_progress_callback=prompt_progress_callback,
+        )
+    elif spec is not None:
         steps = speculative_generate_step(
             ids, model, spec.drafter, known, options, limit, **common
         )
@@ -284,8 +305,46 @@ def stream_generate(
         steps = plain_generate_step(ids, model, sampler, prefill_step_size, **common)
     with generating(model):  # the wired limit on Metal, as mlx_lm.generate
         yield from _responses(
-            steps, tokenizer, cache, len(ids), limit, spec is not None
+            steps, tokenizer, cache, len(ids), limit, spec is not None or pipelined
         )
+
+
+def _pipelined_budget(
+    model: Model,
+    known: Optional[SamplingArgs],
+    processors: Optional[List[LogitsProcessor]],
+    speculative: bool,
+    tree: Optional[TreeShape],
+    drafter: Optional[Drafter],
+    prompt_lookup: Optional[bool],
+    stream_pass: Optional[str],
+    prune_threshold: Optional[float],
+) -> int:
+    """The fixed tree's budget of a pipelined run; a clear error for what the
+    pipelined loop cannot do."""
+    problems = []
+    if not speculative:
+        problems.append("speculative=False")
+    if known is None or not known.greedy:
+        problems.append("sampling (it verifies greedily)")
+    if processors:
+        problems.append("logits processors")
+    if drafter is not None or prompt_lookup:
+        problems.append("another drafter or prompt lookup")
+    if stream_pass is not None:
+        problems.append("a stream_pass (its streams run after the pass)")
+    if prune_threshold:
+        problems.append("pruning")
+    if tree is not None and tree.kind != "best_first":
+        problems.append(f"a {tree.kind!r} tree (it takes a budget)")
+    if not resident_supported(model):
+        problems.append(f"sliding-window attention ({model.model_type})")
+    if problems:
+        raise ValueError("pipelined=True does not support " + ", ".join(problems))
+    if tree is not None:
+        return tree.budget
+    cal = state_of(model).calibration
+    return cal.budget if cal is not None and cal.budget > 1 else TreeShape().budget
 
 
 def _responses(

@@ -113,6 +113,21 @@ def _verdict(
     return Verdict(order, depth + 1, anchor, depth, visible, correction, logits[order])
 
 
+def greedy_verdict(
+    t: TreeArrays, logits: mx.array, keep: Optional[mx.array] = None
+) -> Verdict:
+    """Greedy verification of (T, V) node logits; ``keep`` (T,) bool: nodes
+    pruning left (None: all). The tokens may be device arrays (a tree whose
+    tokens were drafted on the device)."""
+    root = mx.arange(t.tokens.shape[0]) == 0
+    argmax = mx.argmax(logits, axis=-1).astype(mx.int32)
+    accept = (t.tokens == argmax[t.parents]) | root
+    if keep is not None:
+        accept = accept & keep
+    anchor, visible = _chain(t, accept)
+    return _verdict(t, anchor, visible, argmax[anchor], logits)
+
+
 class TreeVerifier:
     """Verifies trees against a sampler (greedy or tree rejection sampling), with
     mlx-lm logits processors applied at every node with that node's history."""
@@ -143,12 +158,7 @@ class TreeVerifier:
         t = TreeArrays.of(tree)
         root = mx.arange(tree.size) == 0
         if self.sampling.greedy:
-            argmax = mx.argmax(logits, axis=-1).astype(mx.int32)
-            accept = (t.tokens == argmax[t.parents]) | root
-            if keep is not None:
-                accept = accept & keep
-            anchor, visible = _chain(t, accept)
-            return _verdict(t, anchor, visible, argmax[anchor], logits)
+            return greedy_verdict(t, logits, keep)
         # The filters are shift invariant: logits serve as log-probabilities.
         probs = mx.exp(target_logprobs(logits, self.sampling))  # (T, V)
         q = probs[t.parents, t.tokens]  # (T,): each child's mass under its parent

@@ -1,0 +1,206 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""Pipelined speculative decoding: the host builds pass k + 1 while the device runs
+pass k (``models/resident.py``).
+
+The loop in ``decoder.py`` reads each pass back before it drafts the next tree on
+the host, so the device idles while the host drafts and builds, and the host idles
+while the device computes. Here drafting is on the device too: the tree has a
+fixed shape (``resident_shape``: node i takes candidate ``rank[i]`` of stream
+``depth[i]`` of the accepted node), verification is greedy on the device, and the
+cache offset advances on the device. The host reads pass k's tokens after it has
+queued pass k + 1, one pass late, as ``mlx_lm.generate`` reads token k.
+
+What it gives up: the tree's shape cannot follow the streams' confidence, and
+there is no prompt lookup, n-gram reranking, sampling or logits processors (the
+loop in ``decoder.py`` has them). Greedy output is plain greedy output.
+"""
+
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator, Optional, Sequence
+
+import mlx.core as mx
+import numpy as np
+
+from ..models import resident
+from ..models.cache import as_prompt_cache
+from ..models.fast_ops import KEY_BUCKET, decode_path
+from ..models.llama import Model
+from .decoder import ProgressCallback, Step, _begin
+from .tree import Tree, best_first_walk
+from .verify import TreeArrays, greedy_verdict
+
+# Prior probability that stream g + 1's rank-r candidate is right, given the path
+# above it is: FIRST * DEPTH**g * RANK**r. A guess, not fitted (the shape is fixed
+# before any pass); it only orders the nodes of the fixed tree.
+FIRST, DEPTH, RANK = 0.45, 0.8, 0.35
+
+# (γ, h) stream states of the accepted node, (1,) its correction token, k ->
+# (γ, k) int32 candidate token ids per depth, most probable first (device arrays).
+DeviceDrafter = Callable[[mx.array, mx.array, int], mx.array]
+
+
+def resident_shape(budget: int, num_streams: int) -> Tree:
+    """The fixed tree of ``budget`` nodes: the most probable under the prior.
+
+    Its ``tokens`` are ranks (node i is candidate ``tokens[i]`` of stream
+    ``depths[i]``; the root's entry is unused)."""
+    if budget < 1:
+        raise ValueError(f"tree budget must be >= 1, got {budget}")
+    K = max(1, budget - 1)
+    ranks = np.arange(K)
+
+    def children(path):
+        g = len(path)
+        return ranks, np.log(FIRST * DEPTH**g * RANK**ranks)
+
+    paths = best_first_walk(children, budget, num_streams)
+    return Tree.from_paths(0, paths)
+
+
+@dataclass
+class _Pass:
+    """One queued pass (lazy arrays)."""
+
+    size: int  # tree nodes
+    read: mx.array  # (T + 2,) int32: the path's tokens, its length, the correction
+    logprobs: mx.array  # (T, V): the path nodes' logits, in path order
+    root: mx.array  # (1,) int32: the next tree's root (this pass's correction)
+    candidates: mx.array  # (γ, K) int32 token ids, most probable first
+    offset: mx.array  # (1,) int32: the cache length after this pass
+
+
+class _Layout:
+    """A fixed tree shape as the pass needs it, on the host and the device."""
+
+    def __init__(self, tree: Tree, top_k: int):
+        self.size, self.depth = tree.size, int(tree.depths.max())
+        self.arrays = TreeArrays.of(tree)
+        self.shape = resident.ShapeArrays(
+            self.arrays.parents, self.arrays.depths, mx.array(tree.ancestor_mask)
+        )
+        # (T - 1,): where each non-root node's token sits in the (γ, K) candidates.
+        where = (tree.depths[1:] - 1) * top_k + np.array(tree.tokens[1:])
+        self.picks = mx.array(where.astype(np.int32))
+
+
+def resident_generate_step(
+    prompt: Sequence[int],
+    model: Model,
+    budget: int = 16,
+    max_tokens: int = -1,
+    prefill_step_size: int = 512,
+    prompt_cache: Optional[list] = None,
+    *,
+    prompt_progress_callback: Optional[ProgressCallback] = None,
+    draft: Optional[DeviceDrafter] = None,
+) -> Iterator[Step]:
+    """Greedy Speculative Streaming with a fixed ``budget``-node tree, pipelined.
+
+    Yields one ``Step`` per pass, as ``speculative_generate_step`` does, and keeps
+    the same cache contract: at each yield the cache records every emitted token
+    and has fed all but the last.
+
+    Args:
+        draft: where the candidates come from (default: the streams' top-k on
+            the draft vocabulary); it must stay on the device.
+    """
+    if not resident.supported(model):
+        raise ValueError(
+            "pipelined decoding does not serve sliding-window attention "
+            f"({model.model_type}): use speculative_generate_step"
+        )
+    cache = as_prompt_cache(model, prompt_cache)
+    path = decode_path()
+    total = _begin(
+        model, prompt, cache, prefill_step_size, prompt_progress_callback, path
+    )
+    g = model.streams.args.num_streams
+    tree = resident_shape(budget, g)
+    top_k = max(1, max(tree.tokens[1:], default=0) + 1)
+    lone, full = _Layout(Tree((0,), (-1,)), top_k), _Layout(tree, top_k)
+    if draft is None:
+        vocab = None if model.draft_vocab is None else mx.array(model.draft_vocab)
+
+        def draft(states: mx.array, correction: mx.array, k: int) -> mx.array:
+            return _top_k(model.stream_logits(states), k, vocab)
+
+    def queue(layout: _Layout, root, candidates, offset, num_keys: int) -> _Pass:
+        if layout.size == 1:
+            tokens = root
+        else:  # (T,): the root, then each node's candidate
+            tokens = mx.concatenate([root, candidates.reshape(-1)[layout.picks]])
+        resident.reserve(cache, num_keys)
+        logits, h_split = resident.verify_pass(
+            model, cache, tokens, layout.shape, offset, num_keys, path
+        )
+        v = greedy_verdict(replace(layout.arrays, tokens=tokens), logits)
+        states = resident.node_streams(
+            model,
+            cache,
+            layout.shape,
+            v.anchor,
+            offset,
+            num_keys,
+            h_split[v.anchor],
+            path,
+        )
+        nxt = draft(states, v.correction[None], top_k)
+        resident.compact(cache, offset, v.order[: layout.depth + 1])
+        read = mx.concatenate([tokens[v.order], v.length[None], v.correction[None]])
+        p = _Pass(
+            layout.size, read, v.logits, v.correction[None], nxt, offset + v.length
+        )
+        mx.async_eval(p.read, p.candidates, p.offset)
+        return p
+
+    def keys_for(known: int, before: _Layout, layout: _Layout) -> int:
+        # The next pass starts at most `before.depth + 1` slots past `known`.
+        need = known + before.depth + 1 + layout.size + g
+        return -(-need // KEY_BUCKET) * KEY_BUCKET
+
+    known = cache[0].offset  # the cache length before the pending pass
+    root = mx.array(cache.tokens[-1:], mx.int32)
+    pending = queue(
+        lone, root, None, mx.array([known], mx.int32), keys_for(known, lone, lone)
+    )
+    layout_of_pending = lone
+    emitted = 0
+    while True:
+        nxt = queue(
+            full,
+            pending.root,
+            pending.candidates,
+            pending.offset,
+            keys_for(known, layout_of_pending, full),
+        )
+        read = np.array(pending.read)  # host sync: the pending pass only
+        T = pending.size
+        n, correction = int(read[T]), int(read[T + 1])
+        tokens = [int(t) for t in read[1:n]] + [correction]
+        if max_tokens >= 0:
+            tokens = tokens[: max_tokens - emitted]
+        known += len(tokens)
+        for c in cache:
+            c.offset = known
+        cache.tokens.extend(tokens)  # the last stays pending: the next root
+        if emitted == 0 and prompt_progress_callback is not None:
+            prompt_progress_callback(total, total)
+        emitted += len(tokens)
+        logprobs = pending.logprobs[: len(tokens)]
+        yield Step(tokens, T, T, len(tokens) - 1, _log_softmax(logprobs), 1)
+        if 0 <= max_tokens <= emitted:
+            return
+        pending, layout_of_pending = nxt, full
+
+
+def _log_softmax(logits: mx.array) -> mx.array:
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+def _top_k(logits: mx.array, k: int, vocab: Optional[mx.array]) -> mx.array:
+    """(γ, K') logits -> (γ, k) token ids, most probable first (on the device)."""
+    k = min(k, logits.shape[-1])
+    idx = mx.argpartition(-logits, k - 1, axis=-1)[:, :k]
+    order = mx.argsort(-mx.take_along_axis(logits, idx, axis=-1), axis=-1)
+    idx = mx.take_along_axis(idx, order, axis=-1).astype(mx.int32)
+    return idx if vocab is None else vocab[idx]

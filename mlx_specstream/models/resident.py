@@ -1,0 +1,154 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""Tree passes whose cache offset lives on the device, so the host never waits.
+
+``streaming.tree_pass`` takes the cache offset and the tree's tokens from the host,
+so a pass can be built only once the previous one has been read back. Here the
+offset, the tree's tokens and the accepted node stay device arrays: the host
+builds pass k + 1 from pass k's lazy outputs while the device still runs pass k,
+as ``mlx_lm.generate`` builds token k + 1 before reading token k. The tree's
+*shape* is fixed (host data); only its tokens come from the device.
+
+K/V are written with ``mx.slice_update`` at the device offset into the layer
+caches' buffers, and every row attends over the first ``num_keys`` buffer slots (a
+host upper bound on what the pass can see) under a mask built on the device.
+Families with sliding-window layers are not served: their windows need the
+query positions on the host.
+"""
+
+from dataclasses import dataclass
+from typing import Any, List
+
+import mlx.core as mx
+
+from .fast_ops import DecodePath
+from .llama import Model
+from .msa import Rows
+
+GROW = 256  # buffer slots added at a time, as mlx-lm's KVCache does
+
+
+def supported(model: Model) -> bool:
+    """Whether this module can run ``model``'s passes (no sliding windows)."""
+    return all(
+        getattr(layer.self_attn, "window", None) is None for layer in model.layers
+    )
+
+
+@dataclass(frozen=True)
+class ShapeArrays:
+    """A fixed tree shape on the device; T nodes, parents before children."""
+
+    parents: mx.array  # (T,) int32, the root's own index for the root
+    depths: mx.array  # (T,) int32
+    ancestors: mx.array  # (T, T) bool: [i, j] iff j is i or an ancestor
+
+
+class _Write:
+    """One layer's cache for one pass: K/V written at a device position into the
+    layer cache's buffers; every row sees the first ``num_keys`` slots."""
+
+    def __init__(self, layer: Any, at: mx.array, num_keys: int):
+        self.layer, self.at, self.num_keys = layer, at, num_keys
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array, **_) -> tuple:
+        c = self.layer
+        if c.keys is None:  # nothing cached yet (a one-token prompt)
+            B, H, _, D = keys.shape
+            slots = -(-self.num_keys // GROW) * GROW
+            c.keys = mx.zeros((B, H, slots, D), keys.dtype)
+            c.values = mx.zeros((B, H, slots, values.shape[3]), values.dtype)
+        c.keys = mx.slice_update(c.keys, keys, self.at, axes=(2,))
+        c.values = mx.slice_update(c.values, values, self.at, axes=(2,))
+        return c.keys[..., : self.num_keys, :], c.values[..., : self.num_keys, :]
+
+
+def reserve(cache: List[Any], slots: int) -> None:
+    """Grow every layer's K/V buffers to at least ``slots`` slots (lazy)."""
+    for c in cache:
+        if c.keys is None:  # allocated by the first write
+            continue
+        have = c.keys.shape[2]
+        if have >= slots:
+            continue
+        extra = -(-(slots - have) // GROW) * GROW
+        B, H, _, D = c.keys.shape
+        Dv = c.values.shape[3]
+        c.keys = mx.concatenate([c.keys, mx.zeros((B, H, extra, D), c.keys.dtype)], 2)
+        c.values = mx.concatenate(
+            [c.values, mx.zeros((B, H, extra, Dv), c.values.dtype)], 2
+        )
+
+
+def verify_pass(
+    model: Model,
+    cache: List[Any],
+    tokens: mx.array,
+    shape: ShapeArrays,
+    offset: mx.array,
+    num_keys: int,
+    path: DecodePath,
+) -> tuple:
+    """The tree's main rows through every layer; K/V go to ``offset .. offset+T-1``.
+
+    Args:
+        tokens: (T,) int32 node tokens; offset: (1,) int32, the cache length.
+        num_keys: key slots every row attends over (>= offset + T).
+
+    Returns:
+        ((T, V) float32 logits, (T, h) main states entering the first stream layer)
+    """
+    T = tokens.shape[0]
+    rel = mx.arange(num_keys) - offset  # (P,): key slot relative to the root
+    tree_col = mx.take(shape.ancestors, mx.clip(rel, 0, T - 1), axis=1)  # (T, P)
+    mask = (rel < 0)[None] | (tree_col & (rel < T)[None])
+    rows = Rows(T, 0, offset + shape.depths, mask, model.streams, path=path)
+    writes = [_Write(c, offset, num_keys) for c in cache]
+    h = model.run_layers(model.embed(tokens), rows, writes, 0, model.split)
+    h_split = h[0]
+    h = model.run_layers(h, rows, writes, model.split, len(model.layers))[0]
+    return model.logits(h, float32=True), h_split
+
+
+def node_streams(
+    model: Model,
+    cache: List[Any],
+    shape: ShapeArrays,
+    node: mx.array,
+    offset: mx.array,
+    num_keys: int,
+    h_node: mx.array,
+    path: DecodePath,
+) -> mx.array:
+    """The γ streams of tree node ``node`` (a device index) through the top layers,
+    against the tree's K/V still at ``offset ..``; their own K/V are transient.
+
+    Returns:
+        (γ, h) stream states after the last layer.
+    """
+    g = model.streams.args.num_streams
+    T = shape.depths.shape[0]
+    rel = mx.arange(num_keys) - offset
+    on_path = mx.take(shape.ancestors[node], mx.clip(rel, 0, T - 1))  # (P,)
+    srel = rel - T  # key slot relative to the first stream row
+    # (g, P): the prefix, the node's path in the tree, streams 1..j.
+    mask = (
+        (rel < 0)[None]
+        | (on_path & (rel >= 0) & (rel < T))[None]
+        | ((srel >= 0)[None] & (srel[None] <= mx.arange(g)[:, None]))
+    )
+    positions = mx.broadcast_to(offset + shape.depths[node], (g,))
+    rows = Rows(0, 0, positions, mask, model.streams, num_stream=g, path=path)
+    writes = [_Write(c, offset + T, num_keys) for c in cache]
+    s = model.streams.insert_streams(h_node[None])  # (1, γ, h)
+    return model.run_layers(s, rows, writes, model.split, len(model.layers))[0]
+
+
+def compact(cache: List[Any], offset: mx.array, order: mx.array) -> None:
+    """Move the accepted path's rows ``offset + order`` to ``offset ..`` (every
+    entry of ``order`` is moved; those past the path land past the new offset)."""
+    idx = offset + order
+    for c in cache:
+        c.keys = mx.slice_update(c.keys, mx.take(c.keys, idx, axis=2), offset, (2,))
+        c.values = mx.slice_update(
+            c.values, mx.take(c.values, idx, axis=2), offset, (2,)
+        )

@@ -1,0 +1,189 @@
+# Copyright © 2026 mlx-specstream authors. Apache-2.0.
+"""Pipelined decoding (``decoding/resident.py``): a fixed tree drafted, verified
+and advanced on the device, read one pass late. Greedy output must equal plain
+greedy output, and the prompt cache must keep its contract at every yield."""
+
+import itertools
+import threading
+from typing import List
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from conftest import tiny_model
+
+from mlx_specstream.decoding.decoder import plain_generate_step
+from mlx_specstream.decoding.resident import resident_generate_step, resident_shape
+from mlx_specstream.generate import stream_generate
+from mlx_specstream.models.cache import make_prompt_cache
+
+PROMPT = [3, 5, 7, 11, 13, 2, 9]
+FAMILIES = [
+    dict(),
+    dict(model_type="qwen2", num_key_value_heads=1),
+    dict(model_type="qwen3", head_dim=24, tie_word_embeddings=True),
+    dict(model_type="mistral", num_hidden_layers=3, head_dim=24),
+    dict(model_type="phi3"),
+]
+
+
+def plain(model, prompt, n: int, cache=None) -> List[int]:
+    steps = plain_generate_step(prompt, model, prompt_cache=cache)
+    return [s.tokens[0] for s in itertools.islice(steps, n)]
+
+
+def pipelined(model, prompt, n: int, budget: int = 16, cache=None, draft=None):
+    out, passes = [], 0
+    for s in resident_generate_step(
+        prompt, model, budget, max_tokens=n, prompt_cache=cache, draft=draft
+    ):
+        out += s.tokens
+        passes += 1
+    return out, passes
+
+
+def oracle(reference: List[int], wrong_first: bool = False):
+    """Candidates that follow ``reference`` (a bigram table of it) from the
+    correction: rank 0 right (or rank 1, ``wrong_first``), the others wrong."""
+    V = 96
+    table = np.arange(V, dtype=np.int32)  # unseen tokens: a wrong guess
+    for a, b in zip(reference, reference[1:]):
+        table[a] = b
+    table = mx.array(table)
+
+    def draft(states, correction, k):
+        chain, t = [], correction
+        for _ in range(states.shape[0]):
+            t = table[t]
+            chain.append(t)
+        chain = mx.concatenate(chain)  # (γ,)
+        ranks = (chain[:, None] + mx.arange(k)[None, :]) % V  # rank r: chain + r
+        if wrong_first and k > 1:  # swap ranks 0 and 1
+            ranks = mx.concatenate([ranks[:, 1:2], ranks[:, :1], ranks[:, 2:]], 1)
+        return ranks.astype(mx.int32)
+
+    return draft
+
+
+@pytest.mark.parametrize("shape", FAMILIES, ids=lambda s: s.get("model_type", "llama"))
+@pytest.mark.parametrize("budget", [1, 5, 16])
+def test_pipelined_equals_plain(shape, budget):
+    model = tiny_model(**shape)
+    want = plain(model, PROMPT, 48)
+    got, _ = pipelined(model, PROMPT, 48, budget)
+    assert got == want
+
+
+@pytest.mark.parametrize("wrong_first", [False, True])
+@pytest.mark.parametrize(
+    "shape", FAMILIES[:3], ids=lambda s: s.get("model_type", "llama")
+)
+def test_accepted_paths_are_compacted(shape, wrong_first):
+    """Drafts that are mostly right: deep paths, through rank-1 nodes too, are
+    accepted and compacted, and the output is still plain greedy."""
+    model = tiny_model(**shape)
+    want = plain(model, PROMPT, 64)
+    got, passes = pipelined(
+        model, PROMPT, 64, 16, draft=oracle(PROMPT + want, wrong_first)
+    )
+    assert got == want
+    assert 64 / passes > 2.0, passes  # acceptance happened, so compaction ran
+
+
+def test_cache_contract_and_continuation():
+    """At the end the cache records every token and has fed all but the last; a
+    second turn, plain or pipelined, equals the whole conversation from scratch."""
+    model = tiny_model()
+    want = plain(model, PROMPT, 40)
+    draft = oracle(PROMPT + want)
+    cache = make_prompt_cache(model)
+    first, _ = pipelined(model, PROMPT, 23, cache=cache, draft=draft)
+    assert first == want[:23]
+    assert cache.tokens == PROMPT + first
+    assert all(c.offset == len(cache.tokens) - 1 for c in cache)
+    turn = [17, 4]
+    whole = plain(model, PROMPT + first + turn, 20)
+    again, _ = pipelined(model, turn, 20, cache=cache, draft=draft)
+    assert again == whole
+    cache2 = make_prompt_cache(model)
+    pipelined(model, PROMPT, 23, cache=cache2, draft=draft)
+    assert plain(model, turn, 20, cache=cache2) == whole
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 30])
+def test_max_tokens_exact(n):
+    model = tiny_model()
+    want = plain(model, PROMPT, 40)
+    cache = make_prompt_cache(model)
+    got, _ = pipelined(model, PROMPT, n, cache=cache, draft=oracle(PROMPT + want))
+    assert got == want[:n]
+    assert cache.tokens == PROMPT + got
+    assert all(c.offset == len(cache.tokens) - 1 for c in cache)
+
+
+def test_one_token_prompt_and_low_precision():
+    for dtype in (mx.float32, mx.bfloat16):
+        model = tiny_model()
+        model.set_dtype(dtype)
+        got, _ = pipelined(model, [5], 32)
+        assert got == plain(model, [5], 32), dtype
+
+
+def test_shape_is_a_tree_of_ranks():
+    tree = resident_shape(16, 3)
+    assert tree.size == 16 and tree.depths.max() <= 3
+    # Every node's rank is new among its siblings; the best child is rank 0.
+    for kids in tree.children:
+        ranks = [tree.tokens[k] for k in kids]
+        assert ranks == sorted(set(ranks)) and (not ranks or ranks[0] == 0)
+    with pytest.raises(ValueError, match="budget"):
+        resident_shape(0, 3)
+
+
+def test_api_pipelined_and_its_errors(tokenizer):
+    model = tiny_model()
+    plain_text = "".join(
+        r.text for r in stream_generate(model, tokenizer, PROMPT, 24, speculative=False)
+    )
+    got = list(stream_generate(model, tokenizer, PROMPT, 24, pipelined=True))
+    assert "".join(r.text for r in got) == plain_text
+    assert got[-1].finish_reason in ("length", "stop")
+    with pytest.raises(ValueError, match="sampling"):
+        list(stream_generate(model, tokenizer, PROMPT, 8, pipelined=True, temp=0.7))
+    with pytest.raises(ValueError, match="stream_pass"):
+        next(
+            stream_generate(
+                model, tokenizer, PROMPT, 8, pipelined=True, stream_pass="tree"
+            )
+        )
+    gemma = tiny_model(
+        model_type="gemma3_text",
+        head_dim=24,
+        query_pre_attn_scalar=24,
+        sliding_window=8,
+        sliding_window_pattern=2,
+    )
+    with pytest.raises(ValueError, match="sliding-window"):
+        next(stream_generate(gemma, tokenizer, PROMPT, 8, pipelined=True))
+
+
+def test_threads_share_a_model(tokenizer):
+    """Several threads decoding pipelined on one model each get their own answer."""
+    model = tiny_model()
+    prompts = [PROMPT, [4, 8, 15], [16, 23, 42, 1], [9]]
+    want = [
+        [r.token for r in stream_generate(model, tokenizer, p, 24, speculative=False)]
+        for p in prompts
+    ]
+    got = [None] * len(prompts)
+
+    def work(i):
+        rs = stream_generate(model, tokenizer, prompts[i], 24, pipelined=True)
+        got[i] = [r.token for r in rs]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == want
