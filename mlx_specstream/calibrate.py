@@ -41,6 +41,7 @@ from .decoding.decoder import (
 from .decoding.defaults import prompt_lookup_drafter, stream_drafter
 from .decoding.drafters import MixedDrafter
 from .decoding.replay import replay, stream_candidates
+from .decoding.resident import fit_paths
 from .decoding.state import state_of
 from .decoding.tree import TreeShape
 from .loading.calibration import (
@@ -190,7 +191,7 @@ def calibrate(
         ),
     }
     passes = {d: {T: 0 for T in budgets} for d in drafters}
-    total = 0
+    total, samples = 0, []
     for ids in prompt_ids:
         out = []
         for t in generate_step(ids, model):
@@ -199,6 +200,7 @@ def calibrate(
             out.append(t)
         seq = ids + out
         cands = stream_candidates(model, seq, max(budgets))
+        samples.append((cands, seq, len(ids)))
         for d, make in drafters.items():
             for T in budgets:
                 passes[d][T] += replay(cands, seq, len(ids), make(T))[0]
@@ -219,6 +221,7 @@ def calibrate(
         costs,
         tpp,
         load=load,
+        pipelined_paths=[list(p) for p in fit_paths(samples, max(budgets) - 1)],
     )
     if verbose:
         for T in budgets:

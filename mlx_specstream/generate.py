@@ -287,7 +287,7 @@ def stream_generate(
     )
     if pipelined:
         asked = (speculative, tree, drafter, prompt_lookup, stream_pass, asked_prune)
-        budget = _pipelined_budget(model, known, logits_processors, *asked)
+        budget, paths = _pipelined_budget(model, known, logits_processors, *asked)
         steps = resident_generate_step(
             ids,
             model,
@@ -296,6 +296,7 @@ def stream_generate(
             prefill_step_size,
             cache,
             prompt_progress_callback=prompt_progress_callback,
+            paths=paths,
         )
     elif spec is not None:
         steps = speculative_generate_step(
@@ -319,9 +320,9 @@ def _pipelined_budget(
     prompt_lookup: Optional[bool],
     stream_pass: Optional[str],
     prune_threshold: Optional[float],
-) -> int:
-    """The fixed tree's budget of a pipelined run; a clear error for what the
-    pipelined loop cannot do."""
+) -> tuple:
+    """``(budget, rank paths)`` of a pipelined run's fixed tree (the calibrated
+    ones where there are); a clear error for what the pipelined loop cannot do."""
     problems = []
     if not speculative:
         problems.append("speculative=False")
@@ -341,10 +342,12 @@ def _pipelined_budget(
         problems.append(f"sliding-window attention ({model.model_type})")
     if problems:
         raise ValueError("pipelined=True does not support " + ", ".join(problems))
-    if tree is not None:
-        return tree.budget
     cal = state_of(model).calibration
-    return cal.budget if cal is not None and cal.budget > 1 else TreeShape().budget
+    paths = cal.pipelined_paths if cal is not None else None
+    if tree is not None:
+        return tree.budget, paths
+    budget = cal.budget if cal is not None and cal.budget > 1 else TreeShape().budget
+    return budget, paths
 
 
 def _responses(

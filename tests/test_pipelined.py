@@ -187,3 +187,37 @@ def test_threads_share_a_model(tokenizer):
     for t in threads:
         t.join()
     assert got == want
+
+
+def test_fit_paths_counts_matching_rank_paths():
+    """Stream g's candidates at r - 1 are scored against token r + 1 + g; a path
+    is counted while every depth matched, and the most frequent come first."""
+    from mlx_specstream.decoding.drafters import StreamTopK
+    from mlx_specstream.decoding.resident import fit_paths
+
+    seq = [1, 2, 3, 4, 5, 6, 7, 8]
+    L, g, k = len(seq), 2, 3
+    tokens = np.full((L, g, k), 99)
+    for r in range(1, L - 1):  # rank 1 of stream 0 is right, stream 1 never
+        tokens[r - 1, 0, 1] = seq[r + 1]
+    tokens[2, 1, 0] = seq[5]  # root r = 3: stream 1's rank 0 is right once
+    cands = StreamTopK(tokens, np.zeros((L, g, k)))
+    paths = fit_paths([(cands, seq, 1)])
+    assert paths == [(1,), (1, 0)]
+    tree = resident_shape(4, g, paths)
+    assert tree.size == 4
+    # The fitted paths come first, then the prior's; orphans and repeats are skipped.
+    kids = {tuple(tree.tokens[j] for j in tree.path(i)[1:]) for i in range(tree.size)}
+    assert {(1,), (1, 0)} <= kids
+    assert resident_shape(3, g, [(2, 0), (1,)]).tokens[1] == 1
+
+
+def test_fitted_paths_stay_lossless():
+    model = tiny_model()
+    want = plain(model, PROMPT, 40)
+    got, _ = pipelined(model, PROMPT, 40, 8)
+    assert got == want
+    out = []
+    for s in resident_generate_step(PROMPT, model, 8, 40, paths=[[2], [2, 1], [0]]):
+        out += s.tokens
+    assert out == want

@@ -16,7 +16,8 @@ loop in ``decoder.py`` has them). Greedy output is plain greedy output.
 """
 
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Optional, Sequence
+from collections import Counter
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
@@ -26,12 +27,13 @@ from ..models.cache import as_prompt_cache
 from ..models.fast_ops import KEY_BUCKET, decode_path
 from ..models.llama import Model
 from .decoder import ProgressCallback, Step, _begin
+from .drafters import StreamTopK
 from .tree import Tree, best_first_walk
 from .verify import TreeArrays, greedy_verdict
 
 # Prior probability that stream g + 1's rank-r candidate is right, given the path
-# above it is: FIRST * DEPTH**g * RANK**r. A guess, not fitted (the shape is fixed
-# before any pass); it only orders the nodes of the fixed tree.
+# above it is: FIRST * DEPTH**g * RANK**r. A guess; it orders the fixed tree's
+# nodes where the calibration fitted none (``fit_paths``) or too few.
 FIRST, DEPTH, RANK = 0.45, 0.8, 0.35
 
 # (γ, h) stream states of the accepted node, (1,) its correction token, k ->
@@ -39,8 +41,15 @@ FIRST, DEPTH, RANK = 0.45, 0.8, 0.35
 DeviceDrafter = Callable[[mx.array, mx.array, int], mx.array]
 
 
-def resident_shape(budget: int, num_streams: int) -> Tree:
-    """The fixed tree of ``budget`` nodes: the most probable under the prior.
+Paths = Sequence[Tuple[int, ...]]  # rank tuples below the root, parents first
+
+
+def resident_shape(
+    budget: int, num_streams: int, paths: Optional[Paths] = None
+) -> Tree:
+    """The fixed tree of ``budget`` nodes: the first ``budget - 1`` of ``paths``
+    (``fit_paths``' order, e.g. from the calibration), then the most probable
+    under the prior.
 
     Its ``tokens`` are ranks (node i is candidate ``tokens[i]`` of stream
     ``depths[i]``; the root's entry is unused)."""
@@ -53,8 +62,43 @@ def resident_shape(budget: int, num_streams: int) -> Tree:
         g = len(path)
         return ranks, np.log(FIRST * DEPTH**g * RANK**ranks)
 
-    paths = best_first_walk(children, budget, num_streams)
-    return Tree.from_paths(0, paths)
+    chosen: List[Tuple[int, ...]] = []
+    for p in list(paths or ()) + best_first_walk(children, budget, num_streams):
+        p = tuple(int(r) for r in p)
+        # Parents first, no repeats, within the streams.
+        if len(chosen) == budget - 1:
+            break
+        if (
+            0 < len(p) <= num_streams
+            and p not in chosen
+            and (len(p) == 1 or p[:-1] in chosen)
+        ):
+            chosen.append(p)
+    return Tree.from_paths(0, chosen)
+
+
+def fit_paths(
+    samples: Iterable[Tuple[StreamTopK, Sequence[int], int]], max_nodes: int = 31
+) -> List[Tuple[int, ...]]:
+    """The rank paths that most often match a greedy answer, most often first
+    (Medusa's sparse tree): for ``(candidates (L, γ, k), sequence, start)`` each
+    root position r of the answer, stream g's candidates at r - 1 are scored
+    against token r + 1 + g. A fixed tree's expected accepted drafts are the sum
+    of its nodes' match rates, so the best tree of B nodes is the first B - 1."""
+    counts: Counter = Counter()
+    for cands, seq, start in samples:
+        for r in range(max(1, start), len(seq) - 1):
+            path: Tuple[int, ...] = ()
+            for g, row in enumerate(cands.tokens[r - 1]):
+                if r + 1 + g >= len(seq):
+                    break
+                hit = np.flatnonzero(row == seq[r + 1 + g])
+                if not hit.size:
+                    break
+                path += (int(hit[0]),)
+                counts[path] += 1
+    # A parent matches at least as often as its child: shorter first on a tie.
+    return sorted(counts, key=lambda p: (-counts[p], len(p), p))[:max_nodes]
 
 
 @dataclass
@@ -93,6 +137,7 @@ def resident_generate_step(
     *,
     prompt_progress_callback: Optional[ProgressCallback] = None,
     draft: Optional[DeviceDrafter] = None,
+    paths: Optional[Paths] = None,
 ) -> Iterator[Step]:
     """Greedy Speculative Streaming with a fixed ``budget``-node tree, pipelined.
 
@@ -103,6 +148,8 @@ def resident_generate_step(
     Args:
         draft: where the candidates come from (default: the streams' top-k on
             the draft vocabulary); it must stay on the device.
+        paths: the tree's rank paths, best first (``fit_paths``; default: the
+            prior's).
     """
     if not resident.supported(model):
         raise ValueError(
@@ -115,7 +162,7 @@ def resident_generate_step(
         model, prompt, cache, prefill_step_size, prompt_progress_callback, path
     )
     g = model.streams.args.num_streams
-    tree = resident_shape(budget, g)
+    tree = resident_shape(budget, g, paths)
     top_k = max(1, max(tree.tokens[1:], default=0) + 1)
     lone, full = _Layout(Tree((0,), (-1,)), top_k), _Layout(tree, top_k)
     if draft is None:

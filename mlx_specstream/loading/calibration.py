@@ -11,7 +11,7 @@ import json
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import mlx.core as mx
 
@@ -41,6 +41,9 @@ class Calibration:
     # Other processes' load per CPU core while the costs were timed (see
     # ``calibrate.others_load``): above BUSY_LOAD the costs are not this device's.
     load: float = 0.0
+    # Pipelined decoding's fixed tree: rank paths below the root, best first
+    # (``decoding.resident.fit_paths`` on the calibration answers); None: its prior.
+    pipelined_paths: Optional[List[List[int]]] = None
 
     @property
     def busy(self) -> bool:
