@@ -1167,3 +1167,20 @@ def test_load_8_clients_with_disconnects_and_bad_requests():
     assert report["served"] >= report["good_answered"]
     assert report["rss_growth_mb"] is not None
     assert report["rss_growth_mb"] <= report["rss_margin_mb"]
+
+
+def test_pipelined_server_serves_greedy_and_sampled_requests(make_client, loaded):
+    """``--pipelined``: greedy requests decode pipelined and equal plain decoding;
+    sampled or penalised ones (which it cannot verify) decode the usual way."""
+    client = make_client(decoding=dict(max_tokens=24, pipelined=True))
+    model, tokenizer = loaded
+    want = generate(model, tokenizer, PROMPT, max_tokens=16, speculative=False)
+    r = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 16})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == want
+    for extra in ({"temperature": 0.8, "seed": 3}, {"repetition_penalty": 1.3}):
+        r = client.post(
+            "/v1/completions", json={"prompt": PROMPT, "max_tokens": 8, **extra}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] >= 1

@@ -16,7 +16,8 @@ Meant for a Linux machine with an NVIDIA GPU and no internet (see README.md here
 2. says which MLX device it got, runs a matmul and a compiled kernel there, and
    names the runtime's dependencies it cannot find; without a GPU it falls back to
    the CPU and says so (that is how CI runs this script). ``--probe-only`` stops here;
-3. runs the runtime's tests on that device (``-m "not slow and not torch"``);
+3. runs the runtime's tests on that device (``-m "not slow and not torch"``), then
+   ``benchmarks/overhead.py`` (host work per pass against mlx-lm, compute-free model);
 4. calibrates the model on the device and runs the bench against ``mlx_lm`` on the
    same weights;
 5. writes ``summary.json`` and ``summary.md`` (and each step's log) under ``--out``.
@@ -307,6 +308,13 @@ def main(argv: Optional[List[str]] = None) -> None:
             left(args.budget * 0.35),
             dict(env, PYTHONDONTWRITEBYTECODE="1"),
             cwd=out,
+        )
+        # Host work per pass (every stream pass and the pipelined one) against
+        # mlx-lm on a compute-free model: what the device hides, or does not.
+        overhead = [py, str(ROOT / "benchmarks" / "overhead.py"), "--repeats", "5"]
+        overhead += ["--out", str(out / "overhead.json")]
+        steps["overhead"] = run_step(
+            "overhead", overhead, out, left(args.budget * 0.15), env
         )
         steps["calibrate"] = run_step(
             "calibrate",
