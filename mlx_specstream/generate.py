@@ -239,11 +239,11 @@ def stream_generate(
         drafter: replaces the stream drafter (prompt lookup, tests' oracles).
         prompt_lookup: put an n-gram chain copied from the conversation in each
             tree, within its budget. Default: calibrated, else False.
-        pipelined: greedy speculation with a fixed tree of ``tree``'s budget
-            (default: calibrated, else 16), drafted, verified and advanced on the
-            device so the host builds each pass while the previous one runs
-            (``decoding/resident.py``). No sampling, processors, prompt lookup or
-            sliding-window families (``ValueError``).
+        pipelined: speculation with a fixed tree of ``tree``'s budget (default:
+            calibrated, else 16), drafted, verified and advanced on the device so
+            the host builds each pass while the previous one runs
+            (``decoding/resident.py``). No opaque samplers, processors, prompt
+            lookup or sliding-window families (``ValueError``).
         kwargs: other ``mlx_lm.stream_generate`` arguments. ``stream``,
             ``kv_group_size``, ``quantized_kv_start`` and ``num_draft_tokens`` are
             ignored (they change nothing here); ``draft_model``, ``max_kv_size``,
@@ -293,6 +293,7 @@ def stream_generate(
             model,
             budget,
             limit,
+            known,
             prefill_step_size,
             cache,
             prompt_progress_callback=prompt_progress_callback,
@@ -326,8 +327,8 @@ def _pipelined_budget(
     problems = []
     if not speculative:
         problems.append("speculative=False")
-    if known is None or not known.greedy:
-        problems.append("sampling (it verifies greedily)")
+    if known is None or not known.tree_exact:
+        problems.append("an opaque sampler or XTC (trees need a known distribution)")
     if processors:
         problems.append("logits processors")
     if drafter is not None or prompt_lookup:

@@ -148,8 +148,11 @@ def test_api_pipelined_and_its_errors(tokenizer):
     got = list(stream_generate(model, tokenizer, PROMPT, 24, pipelined=True))
     assert "".join(r.text for r in got) == plain_text
     assert got[-1].finish_reason in ("length", "stop")
-    with pytest.raises(ValueError, match="sampling"):
-        list(stream_generate(model, tokenizer, PROMPT, 8, pipelined=True, temp=0.7))
+    opaque = lambda logprobs: mx.argmax(logprobs, axis=-1)  # noqa: E731
+    with pytest.raises(ValueError, match="opaque sampler"):
+        next(
+            stream_generate(model, tokenizer, PROMPT, 8, pipelined=True, sampler=opaque)
+        )
     with pytest.raises(ValueError, match="stream_pass"):
         next(
             stream_generate(
@@ -221,3 +224,43 @@ def test_fitted_paths_stay_lossless():
     for s in resident_generate_step(PROMPT, model, 8, 40, paths=[[2], [2, 1], [0]]):
         out += s.tokens
     assert out == want
+
+
+def test_sampled_pipelined_matches_plain_distribution():
+    """Tree rejection sampling in the pipelined loop: the law of generated tokens 1
+    and 2 (token 2 out of a drafted tree) equals the model's exact law."""
+    from collections import Counter
+
+    from test_sampling import (
+        SAMPLED_PROMPT,
+        SAMPLED_TEMP,
+        SAMPLED_VOCAB,
+        _chi2_ok,
+        sampling_model,
+        two_token_laws,
+    )
+
+    from mlx_specstream.sample_utils import SamplingArgs, target_logprobs
+
+    model, _ = sampling_model()
+    args = SamplingArgs(temp=SAMPLED_TEMP)
+
+    def probs(ids):
+        logits = model(mx.array([ids]))[0, -1:]
+        return np.exp(np.array(target_logprobs(logits, args)))[0]
+
+    p1, p2 = two_token_laws(probs)
+    n, c1, c2, drafted = 500, Counter(), Counter(), 0
+    mx.random.seed(5)
+    for _ in range(n):
+        steps = resident_generate_step(SAMPLED_PROMPT, model, 6, 3, args)
+        passes = list(steps)
+        out = [t for s in passes for t in s.tokens]
+        c1[out[0]] += 1
+        c2[out[1]] += 1
+        drafted += passes[1].accepted > 0
+    assert _chi2_ok(c1, p1, n)
+    assert _chi2_ok(c2, p2, n)
+    assert drafted > 0.1 * n  # token 2 often came from an accepted draft
+    assert not _chi2_ok(Counter({int(np.argmax(p2)): n}), p2, n)  # the test has power
+    assert SAMPLED_VOCAB == p2.size

@@ -6,13 +6,14 @@ The loop in ``decoder.py`` reads each pass back before it drafts the next tree o
 the host, so the device idles while the host drafts and builds, and the host idles
 while the device computes. Here drafting is on the device too: the tree has a
 fixed shape (``resident_shape``: node i takes candidate ``rank[i]`` of stream
-``depth[i]`` of the accepted node), verification is greedy on the device, and the
-cache offset advances on the device. The host reads pass k's tokens after it has
+``depth[i]`` of the accepted node), verification (greedy or tree rejection
+sampling) is on the device, and the cache offset advances on the device. The host reads pass k's tokens after it has
 queued pass k + 1, one pass late, as ``mlx_lm.generate`` reads token k.
 
 What it gives up: the tree's shape cannot follow the streams' confidence, and
-there is no prompt lookup, n-gram reranking, sampling or logits processors (the
-loop in ``decoder.py`` has them). Greedy output is plain greedy output.
+there is no prompt lookup, n-gram reranking or logits processors (the loop in
+``decoder.py`` has them). Greedy output is plain greedy output; sampled output has
+plain sampling's distribution.
 """
 
 from dataclasses import dataclass, replace
@@ -29,7 +30,8 @@ from ..models.llama import Model
 from .decoder import ProgressCallback, Step, _begin
 from .drafters import StreamTopK
 from .tree import Tree, best_first_walk
-from .verify import TreeArrays, greedy_verdict
+from ..sample_utils import SamplingArgs
+from .verify import TreeArrays, greedy_verdict, sampled_verdict
 
 # Prior probability that stream g + 1's rank-r candidate is right, given the path
 # above it is: FIRST * DEPTH**g * RANK**r. A guess; it orders the fixed tree's
@@ -132,6 +134,7 @@ def resident_generate_step(
     model: Model,
     budget: int = 16,
     max_tokens: int = -1,
+    sampling: SamplingArgs = SamplingArgs(),
     prefill_step_size: int = 512,
     prompt_cache: Optional[list] = None,
     *,
@@ -139,13 +142,15 @@ def resident_generate_step(
     draft: Optional[DeviceDrafter] = None,
     paths: Optional[Paths] = None,
 ) -> Iterator[Step]:
-    """Greedy Speculative Streaming with a fixed ``budget``-node tree, pipelined.
+    """Speculative Streaming with a fixed ``budget``-node tree, pipelined.
 
     Yields one ``Step`` per pass, as ``speculative_generate_step`` does, and keeps
     the same cache contract: at each yield the cache records every emitted token
     and has fed all but the last.
 
     Args:
+        sampling: greedy, or the distribution trees are verified against by tree
+            rejection sampling (no XTC).
         draft: where the candidates come from (default: the streams' top-k on
             the draft vocabulary); it must stay on the device.
         paths: the tree's rank paths, best first (``fit_paths``; default: the
@@ -156,6 +161,8 @@ def resident_generate_step(
             "pipelined decoding does not serve sliding-window attention "
             f"({model.model_type}): use speculative_generate_step"
         )
+    if not sampling.tree_exact:
+        raise ValueError("XTC sampling cannot verify a draft tree: decode plainly")
     cache = as_prompt_cache(model, prompt_cache)
     path = decode_path()
     total = _begin(
@@ -180,7 +187,11 @@ def resident_generate_step(
         logits, h_split = resident.verify_pass(
             model, cache, tokens, layout.shape, offset, num_keys, path
         )
-        v = greedy_verdict(replace(layout.arrays, tokens=tokens), logits)
+        arrays = replace(layout.arrays, tokens=tokens)
+        if sampling.greedy:
+            v = greedy_verdict(arrays, logits)
+        else:
+            v = sampled_verdict(arrays, logits, sampling)
         states = resident.node_streams(
             model,
             cache,

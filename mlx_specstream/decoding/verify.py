@@ -128,6 +128,38 @@ def greedy_verdict(
     return _verdict(t, anchor, visible, argmax[anchor], logits)
 
 
+def sampled_verdict(
+    t: TreeArrays,
+    logits: mx.array,
+    sampling: SamplingArgs,
+    keep: Optional[mx.array] = None,
+) -> Verdict:
+    """Tree rejection sampling of (T, V) node logits against ``sampling``'s
+    distribution; siblings must carry distinct tokens. The tokens may be device
+    arrays."""
+    T = t.tokens.shape[0]
+    root = mx.arange(T) == 0
+    # The filters are shift invariant: logits serve as log-probabilities.
+    probs = mx.exp(target_logprobs(logits, sampling))  # (T, V)
+    q = probs[t.parents, t.tokens]  # (T,): each child's mass under its parent
+    if keep is not None:
+        q = mx.where(keep, q, 0.0)
+    left = 1.0 - t.earlier @ q  # the residual's mass when the child is tried
+    u = mx.random.uniform(shape=(T,))
+    accept = ((u * left < q) & (left > 0)) | root
+    anchor, visible = _chain(t, accept)
+    # Draw the correction from the anchor's residual: p without its children
+    # (each tried and rejected; pruned ones were never tried).
+    children = (t.parents == anchor) & ~root
+    if keep is not None:
+        children = children & keep
+    p = probs[anchor].at[t.tokens].multiply(mx.where(children, 0.0, 1.0))
+    # Every candidate rejected and nothing left (a top-k edge): p itself.
+    p = mx.where(p.sum() > 0, p, probs[anchor])
+    correction = mx.random.categorical(mx.log(p)).astype(mx.int32)
+    return _verdict(t, anchor, visible, correction, logits)
+
+
 class TreeVerifier:
     """Verifies trees against a sampler (greedy or tree rejection sampling), with
     mlx-lm logits processors applied at every node with that node's history."""
@@ -156,28 +188,9 @@ class TreeVerifier:
             nodes = _node_histories(mx.array(history), tree)
             logits = apply_logits_processors(self.processors, nodes, logits)
         t = TreeArrays.of(tree)
-        root = mx.arange(tree.size) == 0
         if self.sampling.greedy:
             return greedy_verdict(t, logits, keep)
-        # The filters are shift invariant: logits serve as log-probabilities.
-        probs = mx.exp(target_logprobs(logits, self.sampling))  # (T, V)
-        q = probs[t.parents, t.tokens]  # (T,): each child's mass under its parent
-        if keep is not None:
-            q = mx.where(keep, q, 0.0)
-        left = 1.0 - t.earlier @ q  # the residual's mass when the child is tried
-        u = mx.random.uniform(shape=(tree.size,))
-        accept = ((u * left < q) & (left > 0)) | root
-        anchor, visible = _chain(t, accept)
-        # Draw the correction from the anchor's residual: p without its children
-        # (each tried and rejected; pruned ones were never tried).
-        children = (t.parents == anchor) & ~root
-        if keep is not None:
-            children = children & keep
-        p = probs[anchor].at[t.tokens].multiply(mx.where(children, 0.0, 1.0))
-        # Every candidate rejected and nothing left (a top-k edge): p itself.
-        p = mx.where(p.sum() > 0, p, probs[anchor])
-        correction = mx.random.categorical(mx.log(p)).astype(mx.int32)
-        return _verdict(t, anchor, visible, correction, logits)
+        return sampled_verdict(t, logits, self.sampling, keep)
 
 
 def _node_histories(context: mx.array, tree: Tree) -> List[mx.array]:

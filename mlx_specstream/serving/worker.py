@@ -315,8 +315,10 @@ class Engine:
             # The processors see the whole conversation the cache holds, so a
             # cache hit decodes as from scratch.
             kwargs["logits_processors"] = make_logits_processors(**req.penalties)
-        if kwargs.get("pipelined") and (kwargs.get("temp", 0.0) > 0 or req.penalties):
-            kwargs["pipelined"] = False  # greedy only: this request speculates as usual
+        if kwargs.get("pipelined") and req.penalties:
+            kwargs["pipelined"] = (
+                False  # no processors: this request speculates as usual
+            )
         return kwargs
 
     def _alone(self, run: _Run) -> bool:
