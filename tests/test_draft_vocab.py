@@ -16,6 +16,7 @@ from test_generate import PROMPT, SHAPES, OracleDrafter, V, per_pass, run, subse
 from test_sampling import (
     SAMPLED_TEMP,
     _chi2_ok,
+    next_token_law,
     sample_speculative,
     sampling_model,
     two_token_laws,
@@ -28,7 +29,7 @@ from mlx_specstream.errors import ModelFileError
 from mlx_specstream.format import DRAFT_VOCAB, STREAMS_FILE
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.loading.model_io import load_model, save_model
-from mlx_specstream.sample_utils import SamplingArgs, target_logprobs
+from mlx_specstream.sample_utils import SamplingArgs
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -103,11 +104,7 @@ def test_sampling_with_a_draft_vocabulary_keeps_the_distribution():
     """The law of generated token 2 equals the model's exact law (test_sampling's
     end-to-end check) when streams draft from 6 of 16 tokens."""
     model, tok = sampling_model()
-    args = SamplingArgs(temp=SAMPLED_TEMP)
-
-    def probs(ids):
-        logits = model(mx.array([ids]))[0, -1:]
-        return np.exp(np.array(target_logprobs(logits, args)))[0]
+    probs = next_token_law(model, SamplingArgs(temp=SAMPLED_TEMP))
 
     _, p2 = two_token_laws(probs)
     # The subset holds the likeliest second tokens, so drafts are often accepted.

@@ -236,23 +236,21 @@ def test_sampled_pipelined_matches_plain_distribution():
         SAMPLED_TEMP,
         SAMPLED_VOCAB,
         _chi2_ok,
+        next_token_law,
         sampling_model,
         two_token_laws,
     )
 
-    from mlx_specstream.sample_utils import SamplingArgs, target_logprobs
+    from mlx_specstream.sample_utils import SamplingArgs
 
     model, _ = sampling_model()
-    args = SamplingArgs(temp=SAMPLED_TEMP)
-
-    def probs(ids):
-        logits = model(mx.array([ids]))[0, -1:]
-        return np.exp(np.array(target_logprobs(logits, args)))[0]
+    probs = next_token_law(model, SamplingArgs(temp=SAMPLED_TEMP))
 
     p1, p2 = two_token_laws(probs)
     n, c1, c2, drafted = 500, Counter(), Counter(), 0
     mx.random.seed(5)
     for _ in range(n):
+        args = SamplingArgs(temp=SAMPLED_TEMP)
         steps = resident_generate_step(SAMPLED_PROMPT, model, 6, 3, args)
         passes = list(steps)
         out = [t for s in passes for t in s.tokens]

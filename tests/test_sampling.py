@@ -84,6 +84,16 @@ def sampling_model():
     return model, wrap(tiny_hf_tokenizer(SAMPLED_VOCAB), eos_token_ids=[])
 
 
+def next_token_law(model, args: SamplingArgs):
+    """``probs(ids)``: the sampler's exact next-token distribution after ``ids``."""
+
+    def probs(ids):
+        logits = model(mx.array([ids]))[0, -1:]
+        return np.exp(np.array(target_logprobs(logits, args)))[0]
+
+    return probs
+
+
 def two_token_laws(probs) -> tuple:
     """Exact laws of generated tokens 1 and 2, from ``probs(ids)`` (the sampler's
     next-token distribution after ``ids``)."""
@@ -111,13 +121,7 @@ def sample_speculative(model, tok, n: int, seed: int):
 def test_sampled_speculative_matches_plain_distribution():
     """End to end: the law of generated tokens 1 and 2 equals the model's exact law."""
     model, tok = sampling_model()
-    args = SamplingArgs(temp=SAMPLED_TEMP)
-
-    def probs(ids):
-        return np.exp(np.array(target_logprobs(model(mx.array([ids]))[0, -1:], args)))[
-            0
-        ]
-
+    probs = next_token_law(model, SamplingArgs(temp=SAMPLED_TEMP))
     p1, p2 = two_token_laws(probs)
     n, c1, c2 = 500, Counter(), Counter()
     for rs in sample_speculative(model, tok, n, seed=3):
