@@ -88,6 +88,15 @@ def _layered() -> bool:
     return (Path(mlx_specstream.__file__).parent / "decoding").is_dir()
 
 
+def _state(model):
+    """The model's ``ModelState`` (None in older checkouts)."""
+    if not _layered():
+        return None
+    from mlx_specstream.decoding.state import state_of
+
+    return state_of(model)
+
+
 def _has_streams(model) -> bool:
     if not _layered():  # older checkouts kept it on the model
         return bool(getattr(model, "has_streams", True))
@@ -304,8 +313,12 @@ def measure(
 
     def run_spec(stream_pass):
         def run():
-            if stream_pass == "pipelined":
-                steps = resident.resident_generate_step(ids, model, budget=budget)
+            if stream_pass == "pipelined":  # the calibrated shape, if there is one
+                cal = getattr(_state(model), "calibration", None)
+                paths = getattr(cal, "pipelined_paths", None)
+                steps = resident.resident_generate_step(
+                    ids, model, budget=budget, paths=paths
+                )
             else:
                 options = dec.DecodeOptions(stream_pass=stream_pass)
                 steps = dec.speculative_generate_step(
