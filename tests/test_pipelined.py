@@ -110,7 +110,7 @@ def test_cache_contract_and_continuation():
     assert plain(model, turn, 20, cache=cache2) == whole
 
 
-@pytest.mark.parametrize("n", [1, 2, 7, 30])
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 30])
 def test_max_tokens_exact(n):
     model = tiny_model()
     want = plain(model, PROMPT, 40)

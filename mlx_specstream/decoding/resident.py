@@ -168,6 +168,8 @@ def resident_generate_step(
     total = _begin(
         model, prompt, cache, prefill_step_size, prompt_progress_callback, path
     )
+    if max_tokens == 0:  # as speculative_generate_step: prefilled, nothing drafted
+        return
     g = model.streams.args.num_streams
     tree = resident_shape(budget, g, paths)
     top_k = max(1, max(tree.tokens[1:], default=0) + 1)
