@@ -69,16 +69,6 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _model_dir(model):
-    """Where the model was loaded from (``ModelState.path``; older checkouts kept
-    it on the model)."""
-    if not _layered():  # older checkouts kept it on the model
-        return model.path
-    from mlx_specstream.decoding.state import state_of
-
-    return state_of(model).path
-
-
 def _layered() -> bool:
     """Whether the imported checkout has the subpackage layout (decoding/, ...).
     Tested on the folder: an editable install of another checkout can still
@@ -97,12 +87,18 @@ def _state(model):
     return state_of(model)
 
 
-def _has_streams(model) -> bool:
-    if not _layered():  # older checkouts kept it on the model
-        return bool(getattr(model, "has_streams", True))
-    from mlx_specstream.decoding.state import state_of
+def _model_dir(model):
+    """Where the model was loaded from (``ModelState.path``; older checkouts kept
+    it on the model)."""
+    state = _state(model)
+    return model.path if state is None else state.path
 
-    return state_of(model).has_streams
+
+def _has_streams(model) -> bool:
+    state = _state(model)
+    if state is None:  # older checkouts kept it on the model
+        return bool(getattr(model, "has_streams", True))
+    return state.has_streams
 
 
 def _median(xs: Sequence[Optional[float]]) -> Optional[float]:

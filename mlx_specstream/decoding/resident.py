@@ -7,8 +7,9 @@ the host, so the device idles while the host drafts and builds, and the host idl
 while the device computes. Here drafting is on the device too: the tree has a
 fixed shape (``resident_shape``: node i takes candidate ``rank[i]`` of stream
 ``depth[i]`` of the accepted node), verification (greedy or tree rejection
-sampling) is on the device, and the cache offset advances on the device. The host reads pass k's tokens after it has
-queued pass k + 1, one pass late, as ``mlx_lm.generate`` reads token k.
+sampling) is on the device, and the cache offset advances on the device. The host
+reads pass k's tokens after it has queued pass k + 1, one pass late, as
+``mlx_lm.generate`` reads token k.
 
 What it gives up: the tree's shape cannot follow the streams' confidence, and
 there is no prompt lookup, n-gram reranking or logits processors (the loop in
@@ -16,8 +17,8 @@ there is no prompt lookup, n-gram reranking or logits processors (the loop in
 plain sampling's distribution.
 """
 
-from dataclasses import dataclass, replace
 from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
@@ -27,11 +28,11 @@ from ..models import resident
 from ..models.cache import as_prompt_cache
 from ..models.fast_ops import KEY_BUCKET, decode_path
 from ..models.llama import Model
+from ..sample_utils import SamplingArgs
 from .decoder import ProgressCallback, Step, _begin
 from .drafters import StreamTopK
 from .tree import Tree, best_first_walk
-from ..sample_utils import SamplingArgs
-from .verify import TreeArrays, greedy_verdict, sampled_verdict
+from .verify import TreeArrays, Verdict, greedy_verdict, sampled_verdict
 
 # Prior probability that stream g + 1's rank-r candidate is right, given the path
 # above it is: FIRST * DEPTH**g * RANK**r. A guess; it orders the fixed tree's
@@ -109,7 +110,7 @@ class _Pass:
 
     size: int  # tree nodes
     read: mx.array  # (T + 2,) int32: the path's tokens, its length, the correction
-    logprobs: mx.array  # (T, V): the path nodes' logits, in path order
+    verdict: Verdict  # its logits give the emitted tokens' log-probabilities
     root: mx.array  # (1,) int32: the next tree's root (this pass's correction)
     candidates: mx.array  # (γ, K) int32 token ids, most probable first
     offset: mx.array  # (1,) int32: the cache length after this pass
@@ -122,7 +123,7 @@ class _Layout:
         self.size, self.depth = tree.size, int(tree.depths.max())
         self.arrays = TreeArrays.of(tree)
         self.shape = resident.ShapeArrays(
-            self.arrays.parents, self.arrays.depths, mx.array(tree.ancestor_mask)
+            self.arrays.depths, mx.array(tree.ancestor_mask)
         )
         # (T - 1,): where each non-root node's token sits in the (γ, K) candidates.
         where = (tree.depths[1:] - 1) * top_k + np.array(tree.tokens[1:])
@@ -207,9 +208,7 @@ def resident_generate_step(
         nxt = draft(states, v.correction[None], top_k)
         resident.compact(cache, offset, v.order[: layout.depth + 1])
         read = mx.concatenate([tokens[v.order], v.length[None], v.correction[None]])
-        p = _Pass(
-            layout.size, read, v.logits, v.correction[None], nxt, offset + v.length
-        )
+        p = _Pass(layout.size, read, v, v.correction[None], nxt, offset + v.length)
         mx.async_eval(p.read, p.candidates, p.offset)
         return p
 
@@ -246,15 +245,11 @@ def resident_generate_step(
         if emitted == 0 and prompt_progress_callback is not None:
             prompt_progress_callback(total, total)
         emitted += len(tokens)
-        logprobs = pending.logprobs[: len(tokens)]
-        yield Step(tokens, T, T, len(tokens) - 1, _log_softmax(logprobs), 1)
+        logprobs = pending.verdict.logprobs(len(tokens))
+        yield Step(tokens, T, T, len(tokens) - 1, logprobs, 1)
         if 0 <= max_tokens <= emitted:
             return
         pending, layout_of_pending = nxt, full
-
-
-def _log_softmax(logits: mx.array) -> mx.array:
-    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
 def _top_k(logits: mx.array, k: int, vocab: Optional[mx.array]) -> mx.array:

@@ -38,7 +38,6 @@ def supported(model: Model) -> bool:
 class ShapeArrays:
     """A fixed tree shape on the device; T nodes, parents before children."""
 
-    parents: mx.array  # (T,) int32, the root's own index for the root
     depths: mx.array  # (T,) int32
     ancestors: mx.array  # (T, T) bool: [i, j] iff j is i or an ancestor
 

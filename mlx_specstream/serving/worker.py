@@ -316,9 +316,8 @@ class Engine:
             # cache hit decodes as from scratch.
             kwargs["logits_processors"] = make_logits_processors(**req.penalties)
         if kwargs.get("pipelined") and req.penalties:
-            kwargs["pipelined"] = (
-                False  # no processors: this request speculates as usual
-            )
+            # The pipelined loop takes no processors: this request speculates as usual.
+            kwargs["pipelined"] = False
         return kwargs
 
     def _alone(self, run: _Run) -> bool:
