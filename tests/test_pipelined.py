@@ -11,9 +11,11 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from conftest import tiny_model
+from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_specstream.decoding.decoder import plain_generate_step
 from mlx_specstream.decoding.resident import resident_generate_step, resident_shape
+from mlx_specstream.decoding.state import state_of
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.models.cache import make_prompt_cache
 
@@ -88,6 +90,50 @@ def test_accepted_paths_are_compacted(shape, wrong_first):
     )
     assert got == want
     assert 64 / passes > 2.0, passes  # acceptance happened, so compaction ran
+
+
+def _modes(model) -> List:
+    """How each pass this model keeps ran: "compiled", "eager" or None."""
+    passes = state_of(model).compiled_passes
+    return [fn.mode() for key, fn in passes.items() if key != "weights"]
+
+
+def test_passes_are_compiled_and_follow_new_weights():
+    """The full tree's pass is traced with the weights as constants and kept for
+    later generations; replaced weights (streams or the model's own) get a new
+    trace, not the old weights' output."""
+    model = tiny_model()
+    want = plain(model, PROMPT, 40)
+    assert pipelined(model, PROMPT, 40)[0] == want
+    if mx.default_device() == mx.cpu:  # compiled here, or this MLX cannot compile
+        assert _modes(model) in (["compiled"], ["eager"])
+    before = dict(state_of(model).compiled_passes)
+    assert pipelined(model, PROMPT, 40)[0] == want  # the same trace, reused
+    assert state_of(model).compiled_passes == before
+    mx.random.seed(7)
+    for name, module in (("layers", model.layers[-1]), ("streams", model.streams)):
+        flat = tree_flatten(module.parameters())
+        module.update(
+            tree_unflatten([(k, v + 0.05 * mx.random.normal(v.shape)) for k, v in flat])
+        )
+        want_now = plain(model, PROMPT, 40)
+        if name == "layers":
+            assert want_now != want  # the perturbation changed the model's text
+        assert pipelined(model, PROMPT, 40)[0] == want_now, name
+        assert state_of(model).compiled_passes != before
+
+
+def test_draft_vocabulary_in_a_compiled_pass():
+    """Streams drafting from a draft vocabulary (the sliced head, made before the
+    trace, is a constant of it), then from the whole vocabulary again: plain
+    greedy output both times."""
+    model = tiny_model()
+    want = plain(model, PROMPT, 48)
+    model.set_draft_vocab(np.arange(0, model.args.vocab_size, 2))
+    got, _ = pipelined(model, PROMPT, 48)
+    assert got == want
+    model.set_draft_vocab(None)
+    assert pipelined(model, PROMPT, 48)[0] == want
 
 
 def test_cache_contract_and_continuation():

@@ -19,20 +19,31 @@ plain sampling's distribution.
 
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import (
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_flatten
 
 from ..models import resident
 from ..models.cache import as_prompt_cache
 from ..models.fast_ops import KEY_BUCKET, decode_path
 from ..models.llama import Model
-from ..sample_utils import SamplingArgs
+from ..sample_utils import SamplingArgs, log_softmax
 from .decoder import ProgressCallback, Step, _begin
 from .drafters import StreamTopK
+from .state import state_of
 from .tree import Tree, best_first_walk
-from .verify import TreeArrays, Verdict, greedy_verdict, sampled_verdict
+from .verify import TreeArrays, greedy_verdict, sampled_verdict
 
 # Prior probability that stream g + 1's rank-r candidate is right, given the path
 # above it is: FIRST * DEPTH**g * RANK**r. A guess; it orders the fixed tree's
@@ -110,7 +121,7 @@ class _Pass:
 
     size: int  # tree nodes
     read: mx.array  # (T + 2,) int32: the path's tokens, its length, the correction
-    verdict: Verdict  # its logits give the emitted tokens' log-probabilities
+    logits: mx.array  # (T, V) float32: the path nodes' logits, in path order
     root: mx.array  # (1,) int32: the next tree's root (this pass's correction)
     candidates: mx.array  # (γ, K) int32 token ids, most probable first
     offset: mx.array  # (1,) int32: the cache length after this pass
@@ -119,11 +130,12 @@ class _Pass:
 class _Layout:
     """A fixed tree shape as the pass needs it, on the host and the device."""
 
-    def __init__(self, tree: Tree, top_k: int):
+    def __init__(self, tree: Tree, top_k: int, num_streams: int):
+        self.tree = tree
         self.size, self.depth = tree.size, int(tree.depths.max())
         self.arrays = TreeArrays.of(tree)
-        self.shape = resident.ShapeArrays(
-            self.arrays.depths, mx.array(tree.ancestor_mask)
+        self.shape = resident.ShapeArrays.of(
+            tree.depths, tree.ancestor_mask, num_streams
         )
         # (T - 1,): where each non-root node's token sits in the (γ, K) candidates.
         where = (tree.depths[1:] - 1) * top_k + np.array(tree.tokens[1:])
@@ -174,41 +186,38 @@ def resident_generate_step(
     g = model.streams.args.num_streams
     tree = resident_shape(budget, g, paths)
     top_k = max(1, max(tree.tokens[1:], default=0) + 1)
-    lone, full = _Layout(Tree((0,), (-1,)), top_k), _Layout(tree, top_k)
+    lone = _Layout(Tree((0,), (-1,)), top_k, g)
+    full = _Layout(tree, top_k, g)
+    vocab = mx.zeros((1,), mx.int32)  # unused where the streams draft from all
+    if draft is None and model.draft_vocab is not None:
+        vocab = mx.array(model.draft_vocab)
     if draft is None:
-        vocab = None if model.draft_vocab is None else mx.array(model.draft_vocab)
+        draw = _stream_top_k(model, model.draft_vocab is not None)
+    else:
+        custom = draft
 
-        def draft(states: mx.array, correction: mx.array, k: int) -> mx.array:
-            return _top_k(model.stream_logits(states), k, vocab)
+        def draw(states, correction, k, vocab):
+            return custom(states, correction, k)
+
+    first = _tree_pass(model, lone, sampling, draw, top_k, path)
+    full_pass = _tree_pass(model, full, sampling, draw, top_k, path)
+    if draft is None:  # traced once per key-slot count, kept for later generations
+        head = model.draft_head()  # sliced before tracing: traces read it as is
+        key = (full.tree, top_k, sampling, path, id(head))
+        step = _cached(model, key, lambda: _compile(full_pass, sampling))
+    else:  # a caller's drafter: traced for this generation only
+        step = _compile(full_pass, sampling)
 
     def queue(layout: _Layout, root, candidates, offset, num_keys: int) -> _Pass:
-        if layout.size == 1:
-            tokens = root
-        else:  # (T,): the root, then each node's candidate
-            tokens = mx.concatenate([root, candidates.reshape(-1)[layout.picks]])
         resident.reserve(cache, num_keys)
-        logits, h_split = resident.verify_pass(
-            model, cache, tokens, layout.shape, offset, num_keys, path
-        )
-        arrays = replace(layout.arrays, tokens=tokens)
-        if sampling.greedy:
-            v = greedy_verdict(arrays, logits)
-        else:
-            v = sampled_verdict(arrays, logits, sampling)
-        states = resident.node_streams(
-            model,
-            cache,
-            layout.shape,
-            v.anchor,
-            offset,
-            num_keys,
-            h_split[v.anchor],
-            path,
-        )
-        nxt = draft(states, v.correction[None], top_k)
-        resident.compact(cache, offset, v.order[: layout.depth + 1])
-        read = mx.concatenate([tokens[v.order], v.length[None], v.correction[None]])
-        p = _Pass(layout.size, read, v, v.correction[None], nxt, offset + v.length)
+        buffers = [(c.keys, c.values) for c in cache]
+        # The first pass runs eagerly: it may allocate the buffers (keys None).
+        run = first if layout is lone else step
+        outs, buffers = run(root, candidates, offset, _slots(num_keys), vocab, buffers)
+        for c, (k, v) in zip(cache, buffers):
+            c.keys, c.values = k, v
+        read, nxt, after, logits = outs
+        p = _Pass(layout.size, read, logits, read[-1:], nxt, after)
         mx.async_eval(p.read, p.candidates, p.offset)
         return p
 
@@ -220,7 +229,11 @@ def resident_generate_step(
     known = cache[0].offset  # the cache length before the pending pass
     root = mx.array(cache.tokens[-1:], mx.int32)
     pending = queue(
-        lone, root, None, mx.array([known], mx.int32), keys_for(known, lone, lone)
+        lone,
+        root,
+        mx.zeros((g, top_k), mx.int32),  # unused by a one-node tree
+        mx.array([known], mx.int32),
+        keys_for(known, lone, lone),
     )
     layout_of_pending = lone
     emitted = 0
@@ -245,11 +258,123 @@ def resident_generate_step(
         if emitted == 0 and prompt_progress_callback is not None:
             prompt_progress_callback(total, total)
         emitted += len(tokens)
-        logprobs = pending.verdict.logprobs(len(tokens))
+        logprobs = log_softmax(pending.logits[: len(tokens)])
         yield Step(tokens, T, T, len(tokens) - 1, logprobs, 1)
         if 0 <= max_tokens <= emitted:
             return
         pending, layout_of_pending = nxt, full
+
+
+class _Buffers:
+    """A layer cache inside a traced pass: its K/V buffers as plain arrays."""
+
+    def __init__(self, keys: Optional[mx.array], values: Optional[mx.array]):
+        self.keys, self.values = keys, values
+
+
+_SLOTS: dict = {}
+
+
+def _slots(n: int) -> mx.array:
+    """(n,) arange: its length tells a traced pass how many key slots rows see."""
+    if n not in _SLOTS:
+        _SLOTS[n] = mx.arange(n, dtype=mx.int32)
+        mx.eval(_SLOTS[n])  # evaluated here: any thread's stream may read it
+    return _SLOTS[n]
+
+
+def _tree_pass(
+    model: Model,
+    layout: _Layout,
+    sampling: SamplingArgs,
+    draft: DeviceDrafter,
+    top_k: int,
+    path,
+) -> Callable:
+    """One pass over ``layout``'s tree as a function of arrays only (so that
+    ``mx.compile`` can trace it): the root (1,), the previous candidates
+    (γ, K), the cache offset (1,), the key slots (P,), the draft vocabulary and
+    each layer's (keys, values) buffers -> ((the read (T + 2,), next candidates,
+    the next offset, the path's logits), the updated buffers)."""
+
+    def run(root, candidates, offset, slots, vocab, buffers):
+        cache = [_Buffers(k, v) for k, v in buffers]
+        num_keys = slots.shape[0]
+        if layout.size == 1:
+            tokens = root
+        else:  # (T,): the root, then each node's candidate
+            tokens = mx.concatenate([root, candidates.reshape(-1)[layout.picks]])
+        logits, h_split = resident.verify_pass(
+            model, cache, tokens, layout.shape, offset, num_keys, path
+        )
+        arrays = replace(layout.arrays, tokens=tokens)
+        if sampling.greedy:
+            v = greedy_verdict(arrays, logits)
+        else:
+            v = sampled_verdict(arrays, logits, sampling)
+        states = resident.node_streams(
+            model,
+            cache,
+            layout.shape,
+            v.anchor,
+            offset,
+            num_keys,
+            h_split[v.anchor],
+            path,
+        )
+        nxt = draft(states, v.correction[None], top_k, vocab)
+        resident.compact(cache, offset, v.order[: layout.depth + 1])
+        read = mx.concatenate([tokens[v.order], v.length[None], v.correction[None]])
+        outs = (read, nxt, offset + v.length, v.logits)
+        return outs, [(c.keys, c.values) for c in cache]
+
+    return run
+
+
+def _compile(run: Callable, sampling: SamplingArgs) -> Callable:
+    """``run`` compiled (a sampled pass draws from and advances MLX's random
+    state); where this MLX cannot compile, ``run`` itself. The weights are
+    constants of the trace: ``_cached`` drops traces of replaced weights."""
+    state = [] if sampling.greedy else [mx.random.state]
+    compiled = mx.compile(run, inputs=state, outputs=state)
+    chosen: List[Callable] = []
+
+    def call(*args):
+        if not chosen:  # the first call tells whether compiling works here
+            try:
+                result = compiled(*args)
+                mx.eval(result)
+                chosen.append(compiled)
+                return result
+            except Exception:  # noqa: BLE001 - whatever failed, run eagerly
+                chosen.append(run)
+        return chosen[0](*args)
+
+    # "compiled", "eager" (compiling failed) or None (not called yet); tests read it.
+    call.mode = lambda: chosen and ("compiled" if chosen[0] is compiled else "eager")
+    return call
+
+
+def _cached(model: Model, key: Hashable, make: Callable[[], Callable]) -> Callable:
+    """The model's compiled pass for ``key``, made once for its current weights
+    (a trace holds the weights it was traced with: new weights, new traces)."""
+    weights = tuple(id(v) for _, v in tree_flatten(model.parameters()))
+    passes = state_of(model).compiled_passes
+    if passes.get("weights") != weights:
+        passes.clear()
+        passes["weights"] = weights
+    if key not in passes:
+        passes[key] = make()
+    return passes[key]
+
+
+def _stream_top_k(model: Model, has_vocab: bool) -> Callable:
+    """The default drafter: each stream's top-k over the draft vocabulary."""
+
+    def draft(states, correction, k, vocab):
+        return _top_k(model.stream_logits(states), k, vocab if has_vocab else None)
+
+    return draft
 
 
 def _top_k(logits: mx.array, k: int, vocab: Optional[mx.array]) -> mx.array:

@@ -10,7 +10,7 @@ read. ``load`` fills it.
 
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -25,12 +25,15 @@ class ModelState:
         prompt lookup falls back on and stream trees are reranked by.
     calibration: the tree measured for this model and device (``Calibration``,
         ``mlx-specstream calibrate``); None: not calibrated.
+    compiled_passes: pipelined tree passes traced for this model
+        (``decoding/resident.py``), kept so that later generations reuse them.
     """
 
     path: Optional[Path] = None
     has_streams: bool = True
     ngrams: Optional[Any] = None
     calibration: Optional[Any] = None
+    compiled_passes: Dict[Any, Any] = field(default_factory=dict)
 
 
 _STATES: Dict[int, ModelState] = {}

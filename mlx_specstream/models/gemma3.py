@@ -23,9 +23,9 @@ from typing import Any, Dict, List, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.gemma3_text import RMSNorm, clip_residual
+from mlx_lm.models.gemma3_text import clip_residual
 
-from . import llama
+from . import fast_ops, llama
 from .msa import Rows
 from .rope import make_rope
 
@@ -87,6 +87,13 @@ def fold_rope_parameters(config: Dict, rope: Dict) -> None:
         p = types.index(FULL) + 1 if FULL in types else len(types) + 1
         if all((t == FULL) == ((i + 1) % p == 0) for i, t in enumerate(types)):
             config["sliding_window_pattern"] = p
+
+
+class RMSNorm(fast_ops.RMSNorm):
+    """Gemma's norm: weights stored as offsets from one (as mlx-lm's)."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return fast_ops.rms_norm(x, 1.0 + self["weight"], self.eps)
 
 
 @dataclass
@@ -230,7 +237,7 @@ class Model(llama.Model):
     def _final_norm_float32(self, h: mx.array) -> mx.array:
         norm = self.model.norm
         f32 = mx.float32
-        return mx.fast.rms_norm(h.astype(f32), 1.0 + norm.weight.astype(f32), norm.eps)
+        return fast_ops.rms_norm(h.astype(f32), 1.0 + norm.weight.astype(f32), norm.eps)
 
     @staticmethod
     def weight_name(key: str) -> Optional[str]:

@@ -104,8 +104,8 @@ class Attention(nn.Module):
         self.window: Optional[int] = None
         self.rope_kind = "global"
         if args.qk_norm:
-            self.q_norm = nn.RMSNorm(hd, eps=args.rms_norm_eps)
-            self.k_norm = nn.RMSNorm(hd, eps=args.rms_norm_eps)
+            self.q_norm = fast_ops.RMSNorm(hd, eps=args.rms_norm_eps)
+            self.k_norm = fast_ops.RMSNorm(hd, eps=args.rms_norm_eps)
 
     def __call__(self, x: mx.array, rows: Rows, cache: Optional[Any]) -> mx.array:
         _, R, _ = x.shape
@@ -152,8 +152,8 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.self_attn = self.attention_class(args)
         self.mlp = self.mlp_class(args)
-        self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
-        self.post_attention_layernorm = nn.RMSNorm(
+        self.input_layernorm = fast_ops.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.post_attention_layernorm = fast_ops.RMSNorm(
             args.hidden_size, eps=args.rms_norm_eps
         )
 
@@ -169,7 +169,7 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
         self.layers = [self.block_class(args) for _ in range(args.num_hidden_layers)]
-        self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.norm = fast_ops.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
 
 class Model(nn.Module):
@@ -246,7 +246,7 @@ class Model(nn.Module):
         """The final norm in float32 (a family with another norm overrides it)."""
         norm = self.model.norm
         f32 = mx.float32
-        return mx.fast.rms_norm(h.astype(f32), norm.weight.astype(f32), norm.eps)
+        return fast_ops.rms_norm(h.astype(f32), norm.weight.astype(f32), norm.eps)
 
     def _logits_float32(self, h: mx.array, head: nn.Module) -> mx.array:
         f32 = mx.float32
@@ -294,16 +294,22 @@ class Model(nn.Module):
             ids = ids.astype(np.int32)
         self.draft_vocab, self._draft_head = ids, None
 
+    def draft_head(self) -> Optional[DraftHead]:
+        """The LM head sliced to ``draft_vocab`` (None: no draft vocabulary); sliced
+        on first use and again whenever the head's weights are replaced."""
+        if self.draft_vocab is None:
+            return None
+        head = self.lm_head_module()
+        if self._draft_head is None or self._draft_head.source is not head["weight"]:
+            self._draft_head = DraftHead(head, self.draft_vocab)
+        return self._draft_head
+
     def stream_logits(self, h: mx.array) -> mx.array:
         """Draft logits of (R, h) stream states: (R, V), or (R, K) over ``draft_vocab``
         (column k is token ``draft_vocab[k]``)."""
         if self.draft_vocab is None:
             return self.logits(h)
-        head = self.lm_head_module()
-        # Sliced on first use and again whenever the head's weights are replaced.
-        if self._draft_head is None or self._draft_head.source is not head["weight"]:
-            self._draft_head = DraftHead(head, self.draft_vocab)
-        out = self._draft_head(self.model.norm(h))
+        out = self.draft_head()(self.model.norm(h))
         # A family whose logits() soft-caps (Gemma's final_logit_softcapping): the same.
         cap = getattr(self.args, "final_logit_softcapping", None)
         return out if cap is None else mx.tanh(out / cap) * cap

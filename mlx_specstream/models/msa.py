@@ -188,6 +188,8 @@ class Rows:
         if adapter is None:
             return y
         L = self.num_main
+        if L == 0:  # stream rows only (a stream pass): no split, no concatenation
+            return y + adapter(x)
         return mx.concatenate([y[:, :L], y[:, L:] + adapter(x[:, L:])], axis=1)
 
     def cache_writes(self) -> dict:

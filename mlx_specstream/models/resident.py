@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, List
 
 import mlx.core as mx
+import numpy as np
 
 from .fast_ops import DecodePath
 from .llama import Model
@@ -40,6 +41,27 @@ class ShapeArrays:
 
     depths: mx.array  # (T,) int32
     ancestors: mx.array  # (T, T) bool: [i, j] iff j is i or an ancestor
+    # (T, γ, T + γ) bool: what node i's stream j sees of the tree's rows and the
+    # node's own stream rows: i's path, then streams 1..j.
+    stream_sight: mx.array
+
+    @classmethod
+    def of(cls, depths: np.ndarray, ancestors: np.ndarray, num_streams: int):
+        T, g = len(depths), num_streams
+        sight = np.zeros((T, g, T + g), bool)
+        sight[:, :, :T] = ancestors[:, None, :]
+        sight[:, :, T:] = np.tril(np.ones((g, g), bool))[None]
+        return cls(
+            mx.array(depths.astype(np.int32)), mx.array(ancestors), mx.array(sight)
+        )
+
+
+def _with_tree(local: mx.array, rel: mx.array) -> mx.array:
+    """(R, P) mask over key slots ``rel`` (relative to the tree's first row): the
+    whole prefix, then ``local`` (R, n) over the n slots from the tree's first."""
+    n = local.shape[1]
+    cols = mx.take(local, mx.clip(rel, 0, n - 1), axis=1)  # (R, P)
+    return (rel < 0)[None] | (cols & (rel < n)[None])
 
 
 class _Write:
@@ -97,9 +119,7 @@ def verify_pass(
         ((T, V) float32 logits, (T, h) main states entering the first stream layer)
     """
     T = tokens.shape[0]
-    rel = mx.arange(num_keys) - offset  # (P,): key slot relative to the root
-    tree_col = mx.take(shape.ancestors, mx.clip(rel, 0, T - 1), axis=1)  # (T, P)
-    mask = (rel < 0)[None] | (tree_col & (rel < T)[None])
+    mask = _with_tree(shape.ancestors, mx.arange(num_keys) - offset)
     rows = Rows(T, 0, offset + shape.depths, mask, model.streams, path=path)
     writes = [_Write(c, offset, num_keys) for c in cache]
     h = model.run_layers(model.embed(tokens), rows, writes, 0, model.split)
@@ -126,15 +146,8 @@ def node_streams(
     """
     g = model.streams.args.num_streams
     T = shape.depths.shape[0]
-    rel = mx.arange(num_keys) - offset
-    on_path = mx.take(shape.ancestors[node], mx.clip(rel, 0, T - 1))  # (P,)
-    srel = rel - T  # key slot relative to the first stream row
     # (g, P): the prefix, the node's path in the tree, streams 1..j.
-    mask = (
-        (rel < 0)[None]
-        | (on_path & (rel >= 0) & (rel < T))[None]
-        | ((srel >= 0)[None] & (srel[None] <= mx.arange(g)[:, None]))
-    )
+    mask = _with_tree(shape.stream_sight[node], mx.arange(num_keys) - offset)
     positions = mx.broadcast_to(offset + shape.depths[node], (g,))
     rows = Rows(0, 0, positions, mask, model.streams, num_stream=g, path=path)
     writes = [_Write(c, offset + T, num_keys) for c in cache]
