@@ -14,7 +14,11 @@ from conftest import tiny_model
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_specstream.decoding.decoder import plain_generate_step
-from mlx_specstream.decoding.resident import resident_generate_step, resident_shape
+from mlx_specstream.decoding.resident import (
+    likely_anchors,
+    resident_generate_step,
+    resident_shape,
+)
 from mlx_specstream.decoding.state import state_of
 from mlx_specstream.generate import stream_generate
 from mlx_specstream.models.cache import make_prompt_cache
@@ -184,6 +188,36 @@ def test_shape_is_a_tree_of_ranks():
         assert ranks == sorted(set(ranks)) and (not ranks or ranks[0] == 0)
     with pytest.raises(ValueError, match="budget"):
         resident_shape(0, 3)
+
+
+def test_likely_anchors_and_streamed_nodes():
+    """The nodes that carry streams: the root, then the likeliest ends of the
+    accepted path (the rank-0 chain before its rank-1 siblings' subtrees)."""
+    tree = resident_shape(16, 4)
+    assert likely_anchors(tree, 1) == [0]
+    four = likely_anchors(tree, 4)
+    assert len(four) == 4 and four[0] == 0
+    chain = [0]
+    for _ in range(3):  # the rank-0 chain below the root
+        chain.append(next(k for k in tree.children[chain[-1]] if tree.tokens[k] == 0))
+    assert set(chain[:3]) <= set(four)
+    assert likely_anchors(tree, 99) == list(range(16))
+
+
+@pytest.mark.parametrize("streamed", [1, 3, 16])
+def test_streamed_nodes_stay_lossless(streamed):
+    """Streams for the root only, a few nodes or every node: plain greedy output
+    (where the accepted node carried no streams, an ancestor's draft)."""
+    model = tiny_model()
+    want = plain(model, PROMPT, 48)
+    got = [
+        t
+        for s in resident_generate_step(
+            PROMPT, model, 16, max_tokens=48, streamed=streamed
+        )
+        for t in s.tokens
+    ]
+    assert got == want
 
 
 def test_api_pipelined_and_its_errors(tokenizer):

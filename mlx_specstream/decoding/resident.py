@@ -49,9 +49,12 @@ from .verify import TreeArrays, greedy_verdict, sampled_verdict
 # above it is: FIRST * DEPTH**g * RANK**r. A guess; it orders the fixed tree's
 # nodes where the calibration fitted none (``fit_paths``) or too few.
 FIRST, DEPTH, RANK = 0.45, 0.8, 0.35
+# Tree nodes whose streams ride in each pass on the CPU (on a GPU: every node).
+STREAMED_NODES = 4
 
-# (γ, h) stream states of the accepted node, (1,) its correction token, k ->
-# (γ, k) int32 candidate token ids per depth, most probable first (device arrays).
+# (γ, h) stream states of the accepted node (or, where it carried none, of its
+# deepest streamed ancestor), (1,) its correction token, k -> (γ, k) int32
+# candidate token ids per depth, most probable first (device arrays).
 DeviceDrafter = Callable[[mx.array, mx.array, int], mx.array]
 
 
@@ -130,16 +133,33 @@ class _Pass:
 class _Layout:
     """A fixed tree shape as the pass needs it, on the host and the device."""
 
-    def __init__(self, tree: Tree, top_k: int, num_streams: int):
+    def __init__(self, tree: Tree, top_k: int, num_streams: int, streamed: int):
         self.tree = tree
         self.size, self.depth = tree.size, int(tree.depths.max())
         self.arrays = TreeArrays.of(tree)
+        nodes = self.streamed = tuple(likely_anchors(tree, streamed))
         self.shape = resident.ShapeArrays.of(
-            tree.depths, tree.ancestor_mask, num_streams
+            tree.depths, tree.ancestor_mask, nodes, num_streams
         )
+        self.stream_rows = len(nodes) * num_streams
         # (T - 1,): where each non-root node's token sits in the (γ, K) candidates.
         where = (tree.depths[1:] - 1) * top_k + np.array(tree.tokens[1:])
         self.picks = mx.array(where.astype(np.int32))
+
+
+def likely_anchors(tree: Tree, n: int) -> List[int]:
+    """The ``n`` nodes of a tree of ranks most likely to end the accepted path
+    under the prior (a node's match chance less its children's), the root first:
+    the nodes whose streams ride in the verification pass."""
+    match = np.ones(tree.size)
+    for i in range(1, tree.size):
+        g = tree.depths[i] - 1  # the stream that drafted node i
+        match[i] = match[tree.parents[i]] * FIRST * DEPTH**g * RANK ** tree.tokens[i]
+    end = match.copy()
+    for i in range(1, tree.size):
+        end[tree.parents[i]] -= match[i]
+    order = [0] + [int(i) for i in np.argsort(-end[1:], kind="stable") + 1]
+    return sorted(order[: max(1, n)])
 
 
 def resident_generate_step(
@@ -154,6 +174,7 @@ def resident_generate_step(
     prompt_progress_callback: Optional[ProgressCallback] = None,
     draft: Optional[DeviceDrafter] = None,
     paths: Optional[Paths] = None,
+    streamed: Optional[int] = None,
 ) -> Iterator[Step]:
     """Speculative Streaming with a fixed ``budget``-node tree, pipelined.
 
@@ -168,6 +189,10 @@ def resident_generate_step(
             the draft vocabulary); it must stay on the device.
         paths: the tree's rank paths, best first (``fit_paths``; default: the
             prior's).
+        streamed: how many tree nodes carry their streams in the pass (the
+            most likely to be accepted, ``likely_anchors``; default: all on the
+            "gpu" decode path, ``STREAMED_NODES`` on the CPU). Where the accepted
+            node carried none, its deepest streamed ancestor drafts.
     """
     if not resident.supported(model):
         raise ValueError(
@@ -186,8 +211,10 @@ def resident_generate_step(
     g = model.streams.args.num_streams
     tree = resident_shape(budget, g, paths)
     top_k = max(1, max(tree.tokens[1:], default=0) + 1)
-    lone = _Layout(Tree((0,), (-1,)), top_k, g)
-    full = _Layout(tree, top_k, g)
+    if streamed is None:  # a GPU's rows are cheap; this CPU pays for each
+        streamed = tree.size if path.name == "gpu" else STREAMED_NODES
+    lone = _Layout(Tree((0,), (-1,)), top_k, g, 1)
+    full = _Layout(tree, top_k, g, streamed)
     vocab = mx.zeros((1,), mx.int32)  # unused where the streams draft from all
     if draft is None and model.draft_vocab is not None:
         vocab = mx.array(model.draft_vocab)
@@ -196,14 +223,14 @@ def resident_generate_step(
     else:
         custom = draft
 
-        def draw(states, correction, k, vocab):
+        def draw(states, correction, k, vocab, shift):
             return custom(states, correction, k)
 
     first = _tree_pass(model, lone, sampling, draw, top_k, path)
     full_pass = _tree_pass(model, full, sampling, draw, top_k, path)
     if draft is None:  # traced once per key-slot count, kept for later generations
         head = model.draft_head()  # sliced before tracing: traces read it as is
-        key = (full.tree, top_k, sampling, path, id(head))
+        key = (full.tree, full.streamed, top_k, sampling, path, id(head))
         step = _cached(model, key, lambda: _compile(full_pass, sampling))
     else:  # a caller's drafter: traced for this generation only
         step = _compile(full_pass, sampling)
@@ -223,7 +250,7 @@ def resident_generate_step(
 
     def keys_for(known: int, before: _Layout, layout: _Layout) -> int:
         # The next pass starts at most `before.depth + 1` slots past `known`.
-        need = known + before.depth + 1 + layout.size + g
+        need = known + before.depth + 1 + layout.size + layout.stream_rows
         return -(-need // KEY_BUCKET) * KEY_BUCKET
 
     known = cache[0].offset  # the cache length before the pending pass
@@ -304,7 +331,7 @@ def _tree_pass(
             tokens = root
         else:  # (T,): the root, then each node's candidate
             tokens = mx.concatenate([root, candidates.reshape(-1)[layout.picks]])
-        logits, h_split = resident.verify_pass(
+        logits, states = resident.fused_pass(
             model, cache, tokens, layout.shape, offset, num_keys, path
         )
         arrays = replace(layout.arrays, tokens=tokens)
@@ -312,17 +339,14 @@ def _tree_pass(
             v = greedy_verdict(arrays, logits)
         else:
             v = sampled_verdict(arrays, logits, sampling)
-        states = resident.node_streams(
-            model,
-            cache,
-            layout.shape,
-            v.anchor,
-            offset,
-            num_keys,
-            h_split[v.anchor],
-            path,
-        )
-        nxt = draft(states, v.correction[None], top_k, vocab)
+        # The accepted node's streams, or its deepest streamed ancestor's, whose
+        # stream j + shift drafts what the node's stream j would.
+        nodes = layout.shape.streamed
+        depth = layout.shape.depths[nodes]
+        on_path = layout.shape.ancestors[v.anchor][nodes]
+        best = mx.argmax(mx.where(on_path, depth, -1))
+        shift = layout.shape.depths[v.anchor] - depth[best]
+        nxt = draft(states[best], v.correction[None], top_k, vocab, shift)
         resident.compact(cache, offset, v.order[: layout.depth + 1])
         read = mx.concatenate([tokens[v.order], v.length[None], v.correction[None]])
         outs = (read, nxt, offset + v.length, v.logits)
@@ -371,8 +395,10 @@ def _cached(model: Model, key: Hashable, make: Callable[[], Callable]) -> Callab
 def _stream_top_k(model: Model, has_vocab: bool) -> Callable:
     """The default drafter: each stream's top-k over the draft vocabulary."""
 
-    def draft(states, correction, k, vocab):
-        return _top_k(model.stream_logits(states), k, vocab if has_vocab else None)
+    def draft(states, correction, k, vocab, shift):
+        top = _top_k(model.stream_logits(states), k, vocab if has_vocab else None)
+        g = top.shape[0]  # (γ, k): row j from stream j + shift (the last repeats)
+        return top[mx.clip(mx.arange(g) + shift, 0, g - 1)]
 
     return draft
 

@@ -8,6 +8,11 @@ builds pass k + 1 from pass k's lazy outputs while the device still runs pass k,
 as ``mlx_lm.generate`` builds token k + 1 before reading token k. The tree's
 *shape* is fixed (host data); only its tokens come from the device.
 
+One pass verifies the tree and drafts the next: the top layers carry, beside the
+tree's nodes, the streams of a few nodes fixed in advance (those most likely to
+be accepted; on a GPU, where rows are cheap, all of them), so no second pass
+runs the accepted node's streams once verification has chosen it.
+
 K/V are written with ``mx.slice_update`` at the device offset into the layer
 caches' buffers, and every row attends over the first ``num_keys`` buffer slots (a
 host upper bound on what the pass can see) under a mask built on the device.
@@ -37,22 +42,33 @@ def supported(model: Model) -> bool:
 
 @dataclass(frozen=True)
 class ShapeArrays:
-    """A fixed tree shape on the device; T nodes, parents before children."""
+    """A fixed tree shape on the device: T nodes, parents before children, and
+    the S nodes whose γ streams ride in the same pass (``streamed``)."""
 
     depths: mx.array  # (T,) int32
     ancestors: mx.array  # (T, T) bool: [i, j] iff j is i or an ancestor
-    # (T, γ, T + γ) bool: what node i's stream j sees of the tree's rows and the
-    # node's own stream rows: i's path, then streams 1..j.
-    stream_sight: mx.array
+    streamed: mx.array  # (S,) int32 node indices, the root first
+    # (T + Sγ, T + Sγ) bool, the top layers' rows: each node sees its path; stream
+    # j of a streamed node its node's path and streams 1..j of that node.
+    sight: mx.array
+    # (T + Sγ,) int32 RoPE offsets: nodes at their depth, streams at their node's.
+    row_depths: mx.array
 
     @classmethod
-    def of(cls, depths: np.ndarray, ancestors: np.ndarray, num_streams: int):
-        T, g = len(depths), num_streams
-        sight = np.zeros((T, g, T + g), bool)
-        sight[:, :, :T] = ancestors[:, None, :]
-        sight[:, :, T:] = np.tril(np.ones((g, g), bool))[None]
+    def of(cls, depths: np.ndarray, ancestors: np.ndarray, streamed, num_streams: int):
+        T, g, S = len(depths), num_streams, len(streamed)
+        streamed = np.asarray(streamed, np.int32)
+        sight = np.zeros((T + S * g, T + S * g), bool)
+        sight[:T, :T] = ancestors
+        sight[T:, :T] = np.repeat(ancestors[streamed], g, axis=0)
+        sight[T:, T:] = np.kron(np.eye(S, dtype=bool), np.tril(np.ones((g, g), bool)))
+        rows = np.concatenate([depths, np.repeat(depths[streamed], g)])
         return cls(
-            mx.array(depths.astype(np.int32)), mx.array(ancestors), mx.array(sight)
+            mx.array(depths.astype(np.int32)),
+            mx.array(ancestors),
+            mx.array(streamed),
+            mx.array(sight),
+            mx.array(rows.astype(np.int32)),
         )
 
 
@@ -100,7 +116,7 @@ def reserve(cache: List[Any], slots: int) -> None:
         )
 
 
-def verify_pass(
+def fused_pass(
     model: Model,
     cache: List[Any],
     tokens: mx.array,
@@ -109,50 +125,46 @@ def verify_pass(
     num_keys: int,
     path: DecodePath,
 ) -> tuple:
-    """The tree's main rows through every layer; K/V go to ``offset .. offset+T-1``.
+    """The tree's nodes through every layer, and in the top layers the streams of
+    ``shape.streamed`` nodes beside them (one pass: verification and the next
+    draft). Node K/V go to ``offset .. offset + T - 1``; the streams' land past
+    them and are never kept.
 
     Args:
         tokens: (T,) int32 node tokens; offset: (1,) int32, the cache length.
-        num_keys: key slots every row attends over (>= offset + T).
+        num_keys: key slots every row attends over (>= offset + T + Sγ).
 
     Returns:
-        ((T, V) float32 logits, (T, h) main states entering the first stream layer)
+        ((T, V) float32 node logits, (S, γ, h) stream states after the last layer)
     """
     T = tokens.shape[0]
-    mask = _with_tree(shape.ancestors, mx.arange(num_keys) - offset)
-    rows = Rows(T, 0, offset + shape.depths, mask, model.streams, path=path)
+    S = shape.streamed.shape[0]
+    rel = mx.arange(num_keys) - offset  # (P,): key slot relative to the root
     writes = [_Write(c, offset, num_keys) for c in cache]
-    h = model.run_layers(model.embed(tokens), rows, writes, 0, model.split)
-    h_split = h[0]
-    h = model.run_layers(h, rows, writes, model.split, len(model.layers))[0]
-    return model.logits(h, float32=True), h_split
-
-
-def node_streams(
-    model: Model,
-    cache: List[Any],
-    shape: ShapeArrays,
-    node: mx.array,
-    offset: mx.array,
-    num_keys: int,
-    h_node: mx.array,
-    path: DecodePath,
-) -> mx.array:
-    """The γ streams of tree node ``node`` (a device index) through the top layers,
-    against the tree's K/V still at ``offset ..``; their own K/V are transient.
-
-    Returns:
-        (γ, h) stream states after the last layer.
-    """
-    g = model.streams.args.num_streams
-    T = shape.depths.shape[0]
-    # (g, P): the prefix, the node's path in the tree, streams 1..j.
-    mask = _with_tree(shape.stream_sight[node], mx.arange(num_keys) - offset)
-    positions = mx.broadcast_to(offset + shape.depths[node], (g,))
-    rows = Rows(0, 0, positions, mask, model.streams, num_stream=g, path=path)
-    writes = [_Write(c, offset + T, num_keys) for c in cache]
-    s = model.streams.insert_streams(h_node[None])  # (1, γ, h)
-    return model.run_layers(s, rows, writes, model.split, len(model.layers))[0]
+    low = Rows(
+        T,
+        0,
+        offset + shape.depths,
+        _with_tree(shape.ancestors, rel),
+        model.streams,
+        path=path,
+    )
+    h = model.run_layers(model.embed(tokens), low, writes, 0, model.split)
+    s = model.streams.insert_streams(h[0][shape.streamed])  # (S, γ, h)
+    g = s.shape[1]
+    top = Rows(
+        T,
+        0,
+        offset + shape.row_depths,
+        _with_tree(shape.sight, rel),
+        model.streams,
+        num_stream=S * g,
+        path=path,
+    )
+    x = mx.concatenate([h, s.reshape(1, S * g, -1)], axis=1)
+    h = model.run_layers(x, top, writes, model.split, len(model.layers))[0]
+    logits = model.logits(h[:T], float32=True)
+    return logits, h[T:].reshape(S, g, -1)
 
 
 def compact(cache: List[Any], offset: mx.array, order: mx.array) -> None:
