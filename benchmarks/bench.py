@@ -33,10 +33,10 @@ from mlx_specstream.prompts import apply_chat_template, encode_prompt, read_prom
 from mlx_specstream.utils import load
 
 CHAT_PROMPTS = [
-    "What is the capital of France?",
+    "Which ocean is the largest, and how deep is it?",
     "Give me three tips for learning a new language.",
     "Explain what a hash table is in two sentences.",
-    "Write a haiku about autumn.",
+    "Write a haiku about a quiet harbour at dawn.",
 ]
 # More generic chat prompts, none of them in any training data (``--chat all``).
 MORE_CHAT = [
@@ -45,9 +45,9 @@ MORE_CHAT = [
     "Suggest a name for a small bakery.",
     "Why is the sky blue?",
     "Write a short thank-you note to a colleague.",
-    "What is the difference between a list and a tuple in Python?",
+    "When should I use a dictionary instead of a list in Python?",
     "Give me a simple recipe for pancakes.",
-    "How can I improve my sleep?",
+    "How can I stay focused while working from home?",
 ]
 
 
@@ -86,11 +86,32 @@ def task_group(task: str) -> str:
     return "chat_test" if task == "chat" else task
 
 
-def load_prompts(data: Optional[str], per_task: int, chat: str = "4") -> List[tuple]:
+OPEN_PROMPTS = Path(__file__).resolve().parent / "prompts"
+
+
+def open_prompts(split: str) -> List[tuple]:
+    """(category, prompt) pairs of the open-prompt set: "eval" is frozen and only
+    reported, "valid" is where settings are chosen (``prompts/``)."""
+    path = OPEN_PROMPTS / f"open_{split}.jsonl"
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [(r["category"], r["prompt"]) for r in rows]
+
+
+def load_prompts(
+    data: Optional[str],
+    per_task: int,
+    chat: str = "4",
+    open_split: Optional[str] = None,
+) -> List[tuple]:
     """(task, prompt) pairs: held-out test splits of ``data`` plus chat prompts
-    (``chat``: "4" the first four, "all" twelve)."""
-    chats = CHAT_PROMPTS + (MORE_CHAT if chat == "all" else [])
-    prompts = [("chat", p) for p in chats]
+    (``chat``: "4" the first four, "all" twelve); with ``open_split``, the
+    open-prompt set by category instead of the chat prompts."""
+    if open_split is not None:
+        prompts = open_prompts(open_split)
+    else:
+        chats = CHAT_PROMPTS + (MORE_CHAT if chat == "all" else [])
+        prompts = [("chat", p) for p in chats]
     if data:
         for f in sorted(Path(data).glob("*_test.jsonl")):
             if f.stem.startswith("subset"):  # a mix of the task files, not a task
@@ -206,7 +227,9 @@ def run(model, tokenizer, args) -> Dict:
     args.tokenizer = tokenizer
     methods = make_methods(model, args)
     results = {name: Result() for name in methods}
-    prompts = load_prompts(args.data, args.per_task, args.chat)
+    prompts = load_prompts(
+        args.data, args.per_task, args.chat, getattr(args, "open", None)
+    )
     by_task: Dict[str, Dict[str, Result]] = {}
     deadline = getattr(args, "deadline", None)  # callers before --time-limit lack it
     done = 0
@@ -350,6 +373,13 @@ def main(argv=None) -> None:
         choices=("4", "all"),
         default="4",
         help="chat prompts: the first four, or all twelve held-out ones",
+    )
+    p.add_argument(
+        "--open",
+        choices=("eval", "valid"),
+        default=None,
+        help="the open-prompt set (benchmarks/prompts/) by category instead of the "
+        "chat prompts: 'eval' is frozen, report only; choose settings on 'valid'",
     )
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument(

@@ -44,7 +44,7 @@ from mlx_specstream.benchmarks.load_server import free_port, proc_status
 from mlx_specstream.blas import active_blas, find_openblas
 
 PROMPTS = [
-    "What is the capital of France?",
+    "Name three instruments in a string quartet.",
     "Explain in two sentences why the sky is blue.",
     "Write a haiku about autumn leaves.",
     "Give three tips for learning to play the guitar.",

@@ -62,7 +62,7 @@ BUSY_NOTE = (
     "result is used now but not cached; calibrate again on a quiet machine"
 )
 CALIBRATION_PROMPTS = (
-    "What is the capital of France?",
+    "Which planet is closest to the sun, and how long is its year?",
     "Write a SQL query that lists the name and salary of every employee in the sales "
     "department, from the table employees(name TEXT, department TEXT, salary INTEGER).",
     "Summarize this conversation. #Person1#: Are you coming to the party tonight? "
