@@ -36,7 +36,7 @@ from mlx.utils import tree_flatten
 
 from ..models import resident
 from ..models.cache import as_prompt_cache
-from ..models.fast_ops import KEY_BUCKET, decode_path
+from ..models.fast_ops import KEY_BUCKET, Compiled, decode_path
 from ..models.llama import Model
 from ..sample_utils import SamplingArgs, log_softmax
 from .decoder import ProgressCallback, Step, _begin
@@ -216,9 +216,9 @@ def resident_generate_step(
     lone = _Layout(Tree((0,), (-1,)), top_k, g, 1)
     full = _Layout(tree, top_k, g, streamed)
     vocab = mx.zeros((1,), mx.int32)  # unused where the streams draft from all
-    if draft is None and model.draft_vocab is not None:
-        vocab = mx.array(model.draft_vocab)
     if draft is None:
+        if model.draft_vocab is not None:
+            vocab = mx.array(model.draft_vocab)
         draw = _stream_top_k(model, model.draft_vocab is not None)
     else:
         custom = draft
@@ -355,28 +355,11 @@ def _tree_pass(
     return run
 
 
-def _compile(run: Callable, sampling: SamplingArgs) -> Callable:
+def _compile(run: Callable, sampling: SamplingArgs) -> Compiled:
     """``run`` compiled (a sampled pass draws from and advances MLX's random
     state); where this MLX cannot compile, ``run`` itself. The weights are
     constants of the trace: ``_cached`` drops traces of replaced weights."""
-    state = [] if sampling.greedy else [mx.random.state]
-    compiled = mx.compile(run, inputs=state, outputs=state)
-    chosen: List[Callable] = []
-
-    def call(*args):
-        if not chosen:  # the first call tells whether compiling works here
-            try:
-                result = compiled(*args)
-                mx.eval(result)
-                chosen.append(compiled)
-                return result
-            except Exception:  # noqa: BLE001 - whatever failed, run eagerly
-                chosen.append(run)
-        return chosen[0](*args)
-
-    # "compiled", "eager" (compiling failed) or None (not called yet); tests read it.
-    call.mode = lambda: chosen and ("compiled" if chosen[0] is compiled else "eager")
-    return call
+    return Compiled(run, [] if sampling.greedy else [mx.random.state])
 
 
 def _cached(model: Model, key: Hashable, make: Callable[[], Callable]) -> Callable:

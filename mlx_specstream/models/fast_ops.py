@@ -132,17 +132,22 @@ def use_decode_path(name: Optional[str]) -> Iterator[DecodePath]:
         _override = before
 
 
-class _Compiled:
+class Compiled:
     """``mx.compile(fn)``, made on first call (not at import), where this MLX can
     compile: its CPU backend needs a C++ compiler at run time. Elsewhere ``fn`` runs
-    eagerly, which still beats ``mx.exp`` by about 2x."""
+    eagerly, which still beats ``mx.exp`` by about 2x.
 
-    def __init__(self, fn: Callable):
-        self.fn, self.impl = fn, None
+    Args:
+        state: implicit state the function reads and updates (``mx.compile``'s
+            ``inputs`` and ``outputs``), e.g. ``[mx.random.state]``.
+    """
+
+    def __init__(self, fn: Callable, state: Optional[list] = None):
+        self.fn, self.impl, self.state = fn, None, state or []
 
     def __call__(self, *args):
         if self.impl is None:
-            compiled = mx.compile(self.fn)
+            compiled = mx.compile(self.fn, inputs=self.state, outputs=self.state)
             try:
                 out = compiled(*args)
                 mx.eval(out)
@@ -152,6 +157,12 @@ class _Compiled:
                 self.impl = self.fn
         return self.impl(*args)
 
+    def mode(self) -> Optional[str]:
+        """ "compiled", "eager" (compiling failed) or None (not called yet)."""
+        if self.impl is None:
+            return None
+        return "eager" if self.impl is self.fn else "compiled"
+
 
 def _rms_norm(x: mx.array, weight: mx.array, eps: mx.array) -> mx.array:
     # MLX's own fallback, op for op (float32 statistics), so results are identical.
@@ -160,11 +171,11 @@ def _rms_norm(x: mx.array, weight: mx.array, eps: mx.array) -> mx.array:
     return y.astype(mx.result_type(x, weight)) * weight
 
 
-poly_exp = _Compiled(_exp)  # the polynomial exp alone (its accuracy is tested)
-_poly_swiglu = _Compiled(_swiglu)
-rotate = _Compiled(_rotate)  # x (1, R, H, D), cos and sin (1, R, 1, D / 2)
-masked_softmax = _Compiled(_masked_softmax)
-_compiled_rms_norm = _Compiled(_rms_norm)
+poly_exp = Compiled(_exp)  # the polynomial exp alone (its accuracy is tested)
+_poly_swiglu = Compiled(_swiglu)
+rotate = Compiled(_rotate)  # x (1, R, H, D), cos and sin (1, R, 1, D / 2)
+masked_softmax = Compiled(_masked_softmax)
+_compiled_rms_norm = Compiled(_rms_norm)
 
 
 def rms_norm(x: mx.array, weight: mx.array, eps: float) -> mx.array:

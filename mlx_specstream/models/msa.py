@@ -157,13 +157,8 @@ class Rows:
             main_pos = self.offset + np.arange(L, dtype=np.int32)
         else:
             main_pos = self.main_positions
-        A = len(anchors)
-        S = A * g
-        m = np.zeros((L + S, L + S), bool)
-        m[:L, :L] = local
-        # (A, L) -> (A * g, L): every stream of an anchor sees the anchor's ancestry.
-        m[L:, :L] = np.repeat(local[anchors], g, axis=0)
-        m[L:, L:] = np.kron(np.eye(A, dtype=bool), np.tril(np.ones((g, g), bool)))
+        S = len(anchors) * g
+        m = stream_sight(local, anchors, g)
         pos = np.concatenate([main_pos, np.repeat(main_pos[anchors], g)])
         return replace(
             self,
@@ -308,6 +303,19 @@ class Rows:
             pad = mx.zeros((R, num_keys - m.shape[1]), mx.bool_)
             masks[(num_keys, window)] = mx.concatenate([m, pad], axis=1)
         return masks[(num_keys, window)]
+
+
+def stream_sight(local: np.ndarray, anchors, num_streams: int) -> np.ndarray:
+    """(L + Aγ, L + Aγ) bool visibility among L main rows and γ stream rows per
+    anchor: main rows as ``local`` (L, L); stream j of anchor a sees a's ancestry
+    and streams 1..j of a."""
+    L, A, g = local.shape[0], len(anchors), num_streams
+    m = np.zeros((L + A * g, L + A * g), bool)
+    m[:L, :L] = local
+    # (A, L) -> (A * g, L): every stream of an anchor sees the anchor's ancestry.
+    m[L:, :L] = np.repeat(local[anchors], g, axis=0)
+    m[L:, L:] = np.kron(np.eye(A, dtype=bool), np.tril(np.ones((g, g), bool)))
+    return m
 
 
 def _with_prefix(local: np.ndarray, offset: int) -> np.ndarray:

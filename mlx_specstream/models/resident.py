@@ -28,7 +28,7 @@ import numpy as np
 
 from .fast_ops import DecodePath
 from .llama import Model
-from .msa import Rows
+from .msa import Rows, stream_sight
 
 GROW = 256  # buffer slots added at a time, as mlx-lm's KVCache does
 
@@ -56,13 +56,9 @@ class ShapeArrays:
 
     @classmethod
     def of(cls, depths: np.ndarray, ancestors: np.ndarray, streamed, num_streams: int):
-        T, g, S = len(depths), num_streams, len(streamed)
         streamed = np.asarray(streamed, np.int32)
-        sight = np.zeros((T + S * g, T + S * g), bool)
-        sight[:T, :T] = ancestors
-        sight[T:, :T] = np.repeat(ancestors[streamed], g, axis=0)
-        sight[T:, T:] = np.kron(np.eye(S, dtype=bool), np.tril(np.ones((g, g), bool)))
-        rows = np.concatenate([depths, np.repeat(depths[streamed], g)])
+        sight = stream_sight(ancestors, streamed, num_streams)
+        rows = np.concatenate([depths, np.repeat(depths[streamed], num_streams)])
         return cls(
             mx.array(depths.astype(np.int32)),
             mx.array(ancestors),

@@ -182,6 +182,17 @@ def degenerate(text: str, min_words: int = 4) -> bool:
     return re.search(r"\b(\w+)(\W+\1\b){3}", text) is not None
 
 
+def messages(turns: Sequence[Tuple[str, str]]) -> List[Dict[str, str]]:
+    """(user, answer) turns as chat messages."""
+    out = []
+    for user, answer in turns:
+        out += [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": answer},
+        ]
+    return out
+
+
 def _whole_sentences(text: str) -> str:
     """``text`` up to its last full stop (a passage cut at the token limit)."""
     cut = max(text.rfind(". "), text.rfind(".\n"), text.rfind("."))
@@ -209,28 +220,17 @@ class Writer:
 
     def prefix(self, history: Sequence[Tuple[str, str]]) -> str:
         """The template through ``history`` and an open user turn."""
-        msgs = []
-        for user, answer in history:
-            msgs += [
-                {"role": "user", "content": user},
-                {"role": "assistant", "content": answer},
-            ]
         mark = "\x00USER\x00"
         text = self.tokenizer.apply_chat_template(
-            msgs + [{"role": "user", "content": mark}], tokenize=False
+            messages(history) + [{"role": "user", "content": mark}], tokenize=False
         )
         return text[: text.index(mark)]
 
     def answer_prompt(self, history: Sequence[Tuple[str, str]], user: str) -> str:
-        msgs = []
-        for u, a in history:
-            msgs += [
-                {"role": "user", "content": u},
-                {"role": "assistant", "content": a},
-            ]
-        msgs.append({"role": "user", "content": user})
         return self.tokenizer.apply_chat_template(
-            msgs, tokenize=False, add_generation_prompt=True
+            messages(history) + [{"role": "user", "content": user}],
+            tokenize=False,
+            add_generation_prompt=True,
         )
 
     def complete(
@@ -324,15 +324,9 @@ def write_chunk(
     for p in plans:
         if not p.turns:
             continue
-        messages = []
-        for user, answer in p.turns:
-            messages += [
-                {"role": "user", "content": user},
-                {"role": "assistant", "content": answer},
-            ]
         records.append(
             {
-                "messages": messages,
+                "messages": messages(p.turns),
                 "task": "magpie",
                 "id": f"magpie-{p.index}",
                 "split": p.split,
